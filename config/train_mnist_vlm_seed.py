@@ -1,0 +1,19 @@
+# The published MNIST setting: a 14M-parameter nanoGPT over the MLP tokenizer's 8 letters.
+# python train.py config/train_mnist_vlm_seed.py  (about 4.5 s per iteration on a 2-core CPU)
+out_dir = 'out/mnist_vlm_seed'
+eval_interval = 500
+eval_iters = 20
+log_interval = 10
+
+n_layer = 8
+n_head = 8
+n_embd = 384
+dropout = 0.2
+
+batch_size = 256
+learning_rate = 1e-3
+max_iters = 5000
+lr_decay_iters = 5000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100

@@ -1,0 +1,341 @@
+"""
+The models and their checkpoints.
+
+1) GPT: a causal transformer over the mixed text/image-token sequences, after nanoGPT
+   (https://github.com/karpathy/nanoGPT), with a key/value cache for fast batched sampling.
+2) VQVAE: the image tokenizer (van den Oord et al. 2017, "Neural Discrete Representation Learning",
+   https://arxiv.org/abs/1711.00937): an encoder, a codebook that snaps each latent chunk to its nearest
+   entry, and a decoder. Its model_args say how many tokens an image becomes and how many codes there
+   are; nothing else in the project assumes either.
+3) atomic_write / load_checkpoint: every file is written under a temporary name and renamed into place,
+   and every checkpoint loads with weights_only=True, so a kill never leaves half a file and loading
+   never runs code.
+"""
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+# ----------------------------------------------------------------------------------------------------
+# files
+
+def atomic_write(path, write):
+    """Fill a temporary file beside `path`, then rename it onto `path`. write: text (UTF-8), bytes,
+    or a function that writes the file whose name it is given."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp{os.getpid()}.{name}")  # same folder (rename is atomic), same ending
+    try:
+        if callable(write):
+            write(tmp)
+        else:
+            with open(tmp, 'w' if isinstance(write, str) else 'wb', **({'encoding': 'utf-8'} if isinstance(write, str) else {})) as f:
+                f.write(write)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(obj, path):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def pick_device(device='auto'):
+    """'auto' -> cuda if there is one, else mps (Apple), else cpu."""
+    if device != 'auto':
+        return device
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def load_checkpoint(path, what, hint=''):
+    """torch.load with weights_only=True, and a one-line error for a missing or unreadable file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no {what} at {path}" + (f": {hint}" if hint else ''))
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"error: {path} is not a readable {what} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})")
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPT
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if cache is not None:  # cache = [k, v] of the positions already seen, or [None, None]
+            if cache[0] is not None:
+                past = cache[0].size(2)
+                k = torch.cat([cache[0], k], dim=2)
+                v = torch.cat([cache[1], v], dim=2)
+            cache[0], cache[1] = k, v
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:  # one new token attends to everything before it
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # several new tokens after a cached prefix: causal mask shifted by the prefix
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 32
+    vocab_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2016)
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """Logits for every position with targets (and the mean loss over targets >= 0), else for the
+        last position only. kv_cache: a list of [k, v] per layer, extended in place."""
+        B, T = idx.size()
+        past = 0 if kv_cache is None or kv_cache[0][0] is None else kv_cache[0][0].size(2)
+        assert past + T <= self.config.block_size, f"sequence of {past + T} > block size {self.config.block_size}"
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_cache is None else kv_cache[i])
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+        return self.lm_head(x[:, [-1], :]), None
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on matrices only (not on biases and norms), as nanoGPT."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        extra = dict(fused=True) if device_type == 'cuda' else dict()
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    def estimate_flops_per_token(self, T=None):
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
+        cfg = self.config
+        T = cfg.block_size if T is None else T
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    @torch.no_grad()
+    def next_token_probs(self, idx, candidates, batch_size=1000):
+        """Distribution of the next token over the candidate ids only, for each row of idx (B, T):
+        reading a label this way can only answer with a label. -> (B, len(candidates))."""
+        out = []
+        for i in range(0, len(idx), batch_size):
+            logits, _ = self(idx[i:i + batch_size])
+            out.append(F.softmax(logits[:, -1, candidates].float(), dim=-1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, allowed=None,
+                 use_cache=True, generator=None):
+        """Extend every row of idx (B, T) by max_new_tokens sampled tokens.
+        allowed: None, a (vocab,) bool mask, or a list of one mask per new token; tokens outside the
+        mask are never drawn, so the output obeys the sequence grammar by construction.
+        temperature 0 takes the most likely token. use_cache=False is the plain nanoGPT loop that reads
+        the whole prefix again at every step (same tokens, slower)."""
+        cache = [[None, None] for _ in self.transformer.h] if use_cache else None
+        step_input = idx
+        for i in range(max_new_tokens):
+            logits, _ = self(step_input if use_cache else idx, kv_cache=cache)
+            logits = logits[:, -1, :].float()
+            mask = allowed[i] if isinstance(allowed, (list, tuple)) else allowed
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float('-inf'))
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float('Inf')
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+            step_input = idx_next
+        return idx
+
+
+# ----------------------------------------------------------------------------------------------------
+# VQ-VAE image tokenizer
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour codebook with the straight-through estimator and the VQ-VAE losses:
+    ||sg[z] - e||^2 moves the codes, beta * ||z - sg[e]||^2 commits the encoder (beta = 0.25)."""
+
+    def __init__(self, codebook_size, code_dim, beta):
+        super().__init__()
+        self.beta = beta
+        self.codebook = nn.Parameter(torch.randn(codebook_size, code_dim) / code_dim ** 0.5)
+
+    def codes(self, z):
+        """z (..., D) -> index of the nearest codebook entry (...)."""
+        flat = z.reshape(-1, z.size(-1))
+        d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
+             + self.codebook.pow(2).sum(1)[None, :])
+        return d.argmin(dim=1).view(z.shape[:-1])
+
+    def forward(self, z):
+        codes = self.codes(z)
+        zq = self.codebook[codes]
+        loss = F.mse_loss(zq, z.detach()) + self.beta * F.mse_loss(z, zq.detach())
+        return z + (zq - z).detach(), codes, loss
+
+    @torch.no_grad()
+    def init_kmeans(self, z, iters=20, generator=None):
+        """Set the codebook to k-means centroids of encoder outputs z (N, D) (k-means++ seeding), so
+        that every code starts where the data is and none starts dead."""
+        K = self.codebook.size(0)
+        centers = z[torch.randint(len(z), (1,), generator=generator)]
+        for _ in range(1, K):
+            d = torch.cdist(z, centers).min(dim=1).values.pow(2)
+            centers = torch.cat([centers, z[torch.multinomial(d / d.sum(), 1, generator=generator)]])
+        for _ in range(iters):
+            assign = torch.cdist(z, centers).argmin(dim=1)
+            for k in range(K):
+                members = z[assign == k]
+                if len(members):
+                    centers[k] = members.mean(dim=0)
+        self.codebook.copy_(centers)
+
+
+class VQVAE(nn.Module):
+    """kind='mlp' is the published tokenizer: 784 -> hidden -> latent_dim, the latent cut into
+    tokens_per_image chunks, each snapped to one of codebook_size codes, MLP decoder with a sigmoid."""
+
+    def __init__(self, kind='mlp', image_size=28, hidden=128, latent_dim=32, tokens_per_image=8,
+                 codebook_size=26, beta=0.25):
+        super().__init__()
+        if kind != 'mlp':
+            raise SystemExit(f"error: tokenizer kind must be 'mlp', got {kind!r}")
+        if latent_dim % tokens_per_image:
+            raise SystemExit(f"error: latent_dim {latent_dim} must be a multiple of tokens_per_image "
+                             f"{tokens_per_image}")
+        self.model_args = dict(kind=kind, image_size=image_size, hidden=hidden, latent_dim=latent_dim,
+                               tokens_per_image=tokens_per_image, codebook_size=codebook_size, beta=beta)
+        self.image_size, self.tokens_per_image, self.codebook_size = image_size, tokens_per_image, codebook_size
+        n = image_size * image_size
+        self.encoder = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, n), nn.Sigmoid())
+        self.quantizer = VectorQuantizer(codebook_size, latent_dim // tokens_per_image, beta)
+
+    def encode_latents(self, x):
+        """images (B, H, W) in [0, 1] -> latent chunks (B, tokens_per_image, code_dim)."""
+        return self.encoder(x.reshape(x.size(0), -1)).view(x.size(0), self.tokens_per_image, -1)
+
+    def decode_latents(self, zq):
+        return self.decoder(zq.reshape(zq.size(0), -1)).view(-1, self.image_size, self.image_size)
+
+    def forward(self, x):
+        """-> reconstruction (B, H, W), codes (B, tokens_per_image), VQ loss."""
+        zq, codes, vq_loss = self.quantizer(self.encode_latents(x))
+        return self.decode_latents(zq), codes, vq_loss
+
+    @torch.no_grad()
+    def encode(self, x):
+        """images (B, H, W) in [0, 1] -> codes (B, tokens_per_image), long."""
+        return self.quantizer.codes(self.encode_latents(x))
+
+    @torch.no_grad()
+    def decode(self, codes):
+        """codes (B, tokens_per_image) -> images (B, H, W) in [0, 1]."""
+        return self.decode_latents(self.quantizer.codebook[codes])
+
+
+def load_tokenizer(path):
+    """Rebuild a VQVAE from the one checkpoint vqvae.py writes (weights + model_args)."""
+    ckpt = load_checkpoint(path, 'tokenizer checkpoint', 'run vqvae.py first')
+    if not isinstance(ckpt, dict) or 'model_args' not in ckpt or 'model' not in ckpt:
+        raise SystemExit(f"error: {path} is not a tokenizer checkpoint written by vqvae.py")
+    tok = VQVAE(**ckpt['model_args'])
+    tok.load_state_dict(ckpt['model'])
+    return tok.eval(), ckpt

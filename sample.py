@@ -1,0 +1,252 @@
+"""
+Use and evaluate a trained model. Three modes:
+
+    python sample.py                                  # eval: every ckpt_{iter}.pt of the run in out_dir
+    python sample.py --mode=generate --digits=0123456789 --num_samples=10   # label -> images
+    python sample.py --mode=generate --digits=7 --png_dir=out/sevens --png_size=256   # ... as PNG files
+    python sample.py --mode=classify --image=0-9      # image -> label: MNIST test images by index
+    python sample.py --mode=classify --image=my_digit.png   # ... or an image file of your own
+
+eval reads the label of all 10,000 MNIST test images from the prompt 'image:XXXXXXXX, number:' (the
+most likely of the ten digits), and reports accuracy with its standard error sqrt(p(1-p)/n), the most
+frequent confusions, a grid of generated images per checkpoint (samples_{iter}.png, one row a digit),
+accuracy against iteration (accuracy.png) and all figures in out_dir/eval.json.
+Generation is constrained by the sequence grammar: after 'number:7, image:' only image codes can be
+drawn, so every generated sequence decodes to an image.
+"""
+import glob
+import json
+import math
+import os
+import re
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig, atomic_write, load_checkpoint, load_tokenizer, pick_device
+from prepare import DIGITS, Codec, check_data, load_meta, load_split, sha256_file
+from vqvae import save_image_grid
+
+# -----------------------------------------------------------------------------
+out_dir = 'out/mnist_vlm'   # the training run: its checkpoints, and where results are written
+data_dir = 'data/mnist_vlm'
+mode = 'eval'               # 'eval', 'generate' or 'classify'
+ckpt = ''                   # a checkpoint file in out_dir; '' = every ckpt_{iter}.pt for eval, ckpt.pt otherwise
+digits = DIGITS             # generate: the labels to draw
+num_samples = 10            # generate and eval grids: images per label
+temperature = 1.0           # 1.0 samples the model's distribution; 0 takes the most likely code
+top_k = 0                   # 0 = all codes; else only the k most likely at each step
+image = ''                  # classify: test indices ('7', '0,5,9', '0-99') or an image file (PNG, JPEG)
+save_npy = ''               # generate: also write the images (N, 28, 28) in [0, 1] here, labels beside
+png_dir = ''                # generate: also write each image as its own PNG file in this folder ...
+png_size = 28               # ... this many pixels square
+batch_size = 1000
+seed = 1337
+device = 'auto'
+# -----------------------------------------------------------------------------
+
+
+def load_model(path, meta, device):
+    """A trained GPT from a checkpoint of train.py, checked against the prepared data."""
+    ck = load_checkpoint(path, 'language-model checkpoint', 'run train.py first')
+    if not isinstance(ck, dict) or 'model_args' not in ck or 'data' not in ck:
+        raise SystemExit(f"error: {path} is not a checkpoint written by train.py")
+    check_data(ck, meta, path, data_dir)
+    model = GPT(GPTConfig(**ck['model_args']))
+    model.load_state_dict(ck['model'])
+    return model.to(device).eval(), ck
+
+
+def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k=0, batch_size=1000,
+                    use_cache=True):
+    """One image per label: sample its codes after 'number:d, image:' (codes only), then decode."""
+    device = next(model.parameters()).device
+    prompts = torch.tensor([codec.encode(codec.generation_prompt(d)) for d in labels], device=device)
+    allowed = codec.mask(codes=True, device=device)
+    codes = []
+    for i in range(0, len(prompts), batch_size):
+        out = model.generate(prompts[i:i + batch_size], codec.tokens_per_image, temperature=temperature,
+                             top_k=top_k or None, allowed=allowed, generator=generator, use_cache=use_cache)
+        codes.append(out[:, prompts.size(1):] - codec.code_offset)
+    codes = torch.cat(codes)
+    with torch.no_grad():
+        images = torch.cat([tok.decode(codes[i:i + batch_size]) for i in range(0, len(codes), batch_size)])
+    return images.cpu(), codes.cpu()
+
+
+def read_user_image(path):
+    """An image file as MNIST was made (LeCun et al. 1998): grey, light digit on black, cropped to the
+    digit, fitted into a 20x20 box keeping its aspect, centred by centre of mass in 28x28."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert('L'), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise SystemExit(f"error: cannot read image {path} ({type(e).__name__}): expected a PNG or JPEG file")
+    if a.size == 0:
+        raise SystemExit(f"error: image {path} is empty")
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if np.median(border) > 0.5:  # dark digit on light paper
+        a = 1.0 - a
+        border = 1.0 - border
+    a = np.clip(a - np.median(border), 0, None)
+    if a.max() < 0.1:
+        raise SystemExit(f"error: image {path} is blank: expected a digit on a plain background")
+    a /= a.max()
+    ys, xs = np.nonzero(a > 0.1)
+    a = a[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = a.shape
+    s = 20.0 / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    a = np.asarray(Image.fromarray((a * 255).astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32) / 255.0
+    out = np.zeros((28, 28), dtype=np.float32)
+    total = a.sum()
+    cy, cx = (np.arange(a.shape[0]) @ a.sum(1)) / total, (np.arange(a.shape[1]) @ a.sum(0)) / total
+    top = int(np.clip(round(14 - cy), 0, 28 - a.shape[0]))
+    left = int(np.clip(round(14 - cx), 0, 28 - a.shape[1]))
+    out[top:top + a.shape[0], left:left + a.shape[1]] = a
+    return out
+
+
+def parse_indices(spec, n):
+    idx = []
+    for part in spec.split(','):
+        m = re.fullmatch(r'\s*(\d+)\s*(?:-\s*(\d+)\s*)?', part)
+        if not m:
+            raise SystemExit(f"error: image must be test indices like '7', '0,5,9' or '0-99', or an image file; got {spec!r}")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        idx.extend(range(a, b + 1))
+    if not idx or max(idx) >= n:
+        raise SystemExit(f"error: test indices must be 0..{n - 1}, got {spec!r}")
+    return idx
+
+
+def checkpoint_paths():
+    if ckpt:
+        return [os.path.join(out_dir, ckpt)]
+    if mode != 'eval':
+        return [os.path.join(out_dir, 'ckpt.pt')]
+    paths = glob.glob(os.path.join(out_dir, 'ckpt_*.pt'))
+    paths = sorted((p for p in paths if re.fullmatch(r'ckpt_\d+\.pt', os.path.basename(p))),
+                   key=lambda p: int(re.findall(r'\d+', os.path.basename(p))[0]))
+    if not paths:
+        raise SystemExit(f"error: no ckpt_{{iter}}.pt in {out_dir}: run train.py first")
+    return paths
+
+
+def plot_accuracy(results, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    it = [r['iter'] for r in results]
+    ax.errorbar(it, [r['classification_accuracy'] for r in results],
+                yerr=[r['classification_stderr'] for r in results], marker='o', capsize=3)
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('test accuracy, image -> label (\u00b11 s.e.)')
+    ax.set_title(f"{out_dir}: {results[-1]['classification_accuracy']:.4f} at {it[-1]}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    from configurator import configure
+    configure(globals())
+    if mode not in ('eval', 'generate', 'classify'):
+        raise SystemExit(f"error: mode must be 'eval', 'generate' or 'classify', got {mode!r}")
+    device = pick_device(device)
+    torch.manual_seed(seed)
+    meta = load_meta(data_dir)
+    codec = Codec.from_meta(meta)
+    digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
+    if not os.path.isfile(meta['tokenizer']) or sha256_file(meta['tokenizer']) != meta['tokenizer_sha256']:
+        raise SystemExit(f"error: the tokenizer {meta['tokenizer']} that prepared {data_dir} is missing or "
+                         f"has changed since: run prepare.py again (and train on the new data)")
+    tok, _ = load_tokenizer(meta['tokenizer'])
+    tok.to(device)
+    paths = checkpoint_paths()
+
+    if mode == 'generate':
+        for d in digits:
+            codec.generation_prompt(d)  # a one-line error for anything but 0-9
+        labels = [d for d in digits for _ in range(num_samples)]
+        model, ck = load_model(paths[0], meta, device)
+        images, codes = generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed),
+                                        temperature, top_k, batch_size)
+        grid = os.path.join(out_dir, 'generate.png')
+        save_image_grid(images, grid, num_samples)
+        print(f"{len(images)} images for labels {digits!r} from {paths[0]} (iteration {ck['iter_num']}): {grid}")
+        for d, c in list(zip(labels, codes))[:num_samples * 2]:
+            print(codec.generation(d, c.tolist()))
+        if png_dir:
+            from PIL import Image
+            for i, (d, im) in enumerate(zip(labels, images.numpy())):
+                pil = Image.fromarray((im * 255).round().astype(np.uint8)).resize((png_size, png_size), Image.BICUBIC)
+                atomic_write(os.path.join(png_dir, f"{d}_{i % num_samples:04d}.png"), lambda tmp: pil.save(tmp, format='PNG'))
+            print(f"saved {len(images)} PNG files of {png_size}x{png_size} in {png_dir}")
+        if save_npy:
+            atomic_write(save_npy, lambda tmp: np.save(tmp, images.numpy().astype(np.float32)))
+            lpath = save_npy[:-4] + '_labels.npy' if save_npy.endswith('.npy') else save_npy + '_labels.npy'
+            atomic_write(lpath, lambda tmp: np.save(tmp, np.array([int(d) for d in labels], dtype=np.int64)))
+            print(f"saved {save_npy} and {lpath}")
+
+    elif mode == 'classify':
+        model, ck = load_model(paths[0], meta, device)
+        if not image:
+            raise SystemExit("error: classify needs --image=INDICES (MNIST test) or --image=FILE")
+        if os.path.exists(image) or not re.fullmatch(r'[\d,\s-]+', image):
+            if not os.path.isfile(image):
+                raise SystemExit(f"error: image file {image} not found")
+            x = torch.from_numpy(read_user_image(image))[None]
+            seen = os.path.join(out_dir, 'classify_input.png')
+            save_image_grid(x, seen, 1, scale=1, pad=0)
+            codes, truth, names = tok.encode(x.to(device)).cpu(), [None], [image]
+            print(f"the 28x28 image the model saw: {seen}")
+        else:
+            _, test_codes, test_labels = load_split(data_dir, 'test', meta)
+            idx = parse_indices(image, len(test_codes))
+            codes, truth, names = test_codes[idx], test_labels[idx].tolist(), [f"test[{i}]" for i in idx]
+        prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in codes], device=device)
+        probs = model.next_token_probs(prompts, digit_ids).cpu()
+        for name, t, p in zip(names, truth, probs):
+            print(f"{name}: {int(p.argmax())}" + ('' if t is None else f" (true {t})") + "  p: "
+                  + ' '.join(f"{d}:{q:.3f}" for d, q in zip(DIGITS, p.tolist())))
+
+    else:  # eval
+        _, test_codes, test_labels = load_split(data_dir, 'test', meta)
+        prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in test_codes], device=device)
+        test_labels = test_labels.to(device)
+        grid_labels = [d for d in DIGITS for _ in range(num_samples)]
+        results = []
+        for path in paths:
+            model, ck = load_model(path, meta, device)
+            pred = model.next_token_probs(prompts, digit_ids, batch_size).argmax(1)
+            n = len(test_labels)
+            acc = (pred == test_labels).float().mean().item()
+            confusion = torch.zeros(10, 10, dtype=torch.long)
+            confusion.index_put_((test_labels.cpu(), pred.cpu()), torch.ones(n, dtype=torch.long), accumulate=True)
+            off = confusion.clone().fill_diagonal_(0)
+            top = torch.argsort(off.flatten(), descending=True)[:5]
+            pairs = [dict(true=int(i // 10), predicted=int(i % 10), count=int(off.flatten()[i])) for i in top if off.flatten()[i] > 0]
+            images, _ = generate_images(model, codec, tok, grid_labels, torch.Generator(device).manual_seed(seed),
+                                        temperature, top_k, batch_size)
+            grid = os.path.join(out_dir, f"samples_{ck['iter_num']}.png")
+            save_image_grid(images, grid, num_samples)
+            r = dict(iter=ck['iter_num'], checkpoint=os.path.basename(path), classification_accuracy=acc,
+                     classification_stderr=math.sqrt(acc * (1 - acc) / n), n_test=n,
+                     confusion_pairs=pairs, confusion_matrix=confusion.tolist(),
+                     val_loss=ck.get('val_loss'), samples=os.path.basename(grid),
+                     parameters=model.get_num_params())
+            results.append(r)
+            print(f"{r['checkpoint']} (iteration {r['iter']}): test accuracy {acc:.4f} \u00b1 "
+                  f"{r['classification_stderr']:.4f}; most confused (true->predicted): "
+                  + ', '.join(f"{p['true']}->{p['predicted']} {p['count']}" for p in pairs[:3]))
+        results.sort(key=lambda r: r['iter'])
+        report = dict(out_dir=out_dir, data_dir=data_dir, tokenizer=meta['tokenizer'],
+                      tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size,
+                      checkpoints=results)
+        atomic_write(os.path.join(out_dir, 'eval.json'), json.dumps(report, indent=1) + '\n')
+        plot_accuracy(results, os.path.join(out_dir, 'accuracy.png'))
+        print(f"wrote {out_dir}/eval.json, accuracy.png and samples_{{iter}}.png")

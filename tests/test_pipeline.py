@@ -1,0 +1,191 @@
+"""The four scripts run as a user runs them, on real MNIST with tiny settings: tokenizer -> prepare ->
+train -> sample, resume, and the one-line errors for bad input."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_script
+
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_iters=2',
+        '--eval_classify=100', '--warmup_iters=5', '--lr_decay_iters=40', '--log_interval=10']
+
+
+@pytest.fixture(scope='module')
+def work(mnist_dir, tmp_path_factory):
+    """A folder where vqvae.py and prepare.py have run (one quick epoch of the tokenizer)."""
+    w = tmp_path_factory.mktemp('work')
+    p = run_script('vqvae.py', f'--mnist_dir={mnist_dir}', '--max_epochs=1', '--kmeans_samples=2000', cwd=w)
+    assert 'PSNR' in p.stdout
+    run_script('prepare.py', cwd=w)
+    return w
+
+
+def error_line(p):
+    """A failed script must say one line, 'error: ...', and exit non-zero: no traceback."""
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), p.stderr[-2000:]
+    return lines[0]
+
+
+def test_tokenizer_outputs(work):
+    ckpt = torch.load(work / 'out/vqvae/ckpt.pt', weights_only=True)
+    assert ckpt['model_args']['tokens_per_image'] == 8 and ckpt['model_args']['codebook_size'] == 26
+    m = json.loads((work / 'out/vqvae/metrics.json').read_text())['test']
+    assert m['psnr'] > 10 and 1 <= m['perplexity'] <= 26 and m['codes_used'] + m['dead_codes'] == 26
+    assert (work / 'out/vqvae/reconstructions.png').stat().st_size > 0
+
+
+def test_prepared_data(work):
+    d = work / 'data/mnist_vlm'
+    meta = json.loads((d / 'meta.json').read_text())
+    assert meta['block_size'] == 32 and meta['tokens_per_image'] == 8 and meta['vocab_size'] == 50
+    for split, n in (('train', 50000), ('val', 10000), ('test', 10000)):
+        lines = (d / f'{split}.txt').read_text(encoding='utf-8').splitlines()
+        assert len(lines) == n and all(len(s) == 32 for s in lines)
+        pat = re.compile(r'(number:\d, image:[A-Z]{8}\.|image:[A-Z]{8}, number:\d\.)#+')
+        assert all(pat.fullmatch(s) for s in lines)
+        gen = sum(s.startswith('number') for s in lines) / n
+        assert 0.45 < gen < 0.55  # the two tasks 50/50
+        ids = np.fromfile(d / f'{split}.bin', dtype=np.uint16).reshape(n, 32)
+        assert ''.join(meta['vocab'][i] for i in ids[0]) == lines[0]
+        assert np.load(d / f'{split}_codes.npy').shape == (n, 8)
+    assert (d / 'logo.png').stat().st_size > 0
+    # a fixed seed makes it reproducible
+    before = (d / 'train.txt').read_bytes()
+    run_script('prepare.py', cwd=work)
+    assert (d / 'train.txt').read_bytes() == before
+
+
+def test_train_and_sample(work):
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/run', cwd=work)
+    out = work / 'out/run'
+    assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
+    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', cwd=work)
+    report = json.loads((out / 'eval.json').read_text())
+    assert [r['iter'] for r in report['checkpoints']] == [10, 20]
+    for r in report['checkpoints']:
+        assert r['n_test'] == 10000 and 0 <= r['classification_accuracy'] <= 1
+        assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
+    assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
+    assert 'test accuracy' in p.stdout
+
+    p = run_script('sample.py', '--out_dir=out/run', '--mode=generate', '--digits=38', '--num_samples=3',
+                   '--save_npy=out/run/gen.npy', '--png_dir=out/run/png', '--png_size=64', cwd=work)
+    images, labels = np.load(out / 'gen.npy'), np.load(out / 'gen_labels.npy')
+    assert images.shape == (6, 28, 28) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
+    assert labels.tolist() == [3, 3, 3, 8, 8, 8]
+    from PIL import Image
+    assert sorted(os.listdir(out / 'png'))[:2] == ['3_0000.png', '3_0001.png'] and len(os.listdir(out / 'png')) == 6
+    assert Image.open(out / 'png' / '8_0002.png').size == (64, 64)
+    assert re.search(r'number:8, image:[A-Z]{8}\.', p.stdout)
+
+    p = run_script('sample.py', '--out_dir=out/run', '--mode=classify', '--image=0-2,7', cwd=work)
+    assert len(re.findall(r'test\[\d+\]: \d \(true \d\)', p.stdout)) == 4
+
+    # a user's own drawing: dark digit on light paper, any size, RGB
+    from PIL import Image
+    canvas = np.full((90, 70, 3), 240, dtype=np.uint8)
+    canvas[20:70, 30:38] = 20  # a thick vertical stroke: a one
+    Image.fromarray(canvas).save(work / 'one.png')
+    p = run_script('sample.py', '--out_dir=out/run', '--mode=classify', '--image=one.png', cwd=work)
+    assert re.search(r'one\.png: \d  p: 0:', p.stdout)
+    seen = np.asarray(Image.open(out / 'classify_input.png').convert('L'))
+    assert seen.shape == (28, 28) and seen.max() > 200  # light digit on black, as MNIST
+
+
+def test_resume_continues_exactly(work):
+    """Stopped at 20 and resumed to 40, a run ends with the same weights as one that never stopped."""
+    run_script('train.py', *TINY, '--max_iters=40', '--eval_interval=20', '--out_dir=out/straight', cwd=work)
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=20', '--out_dir=out/resumed', cwd=work)
+    p = run_script('train.py', *TINY, '--max_iters=40', '--eval_interval=20', '--out_dir=out/resumed',
+                   '--init_from=resume', cwd=work)
+    assert 'resuming from out/resumed/ckpt.pt at iteration 20' in p.stdout
+    a = torch.load(work / 'out/straight/ckpt_40.pt', weights_only=True)['model']
+    b = torch.load(work / 'out/resumed/ckpt_40.pt', weights_only=True)['model']
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_killed_run_resumes(work):
+    """SIGKILL a real training process part way; the checkpoint it left loads and training resumes."""
+    out = work / 'out/killed'
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *TINY, '--max_iters=100000',
+                             '--eval_interval=10', '--out_dir=out/killed'], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / 'ckpt_20.pt').exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / 'ckpt_20.pt').exists()
+    it = torch.load(out / 'ckpt.pt', weights_only=True)['iter_num']
+    p = run_script('train.py', *TINY, f'--max_iters={it + 10}', '--eval_interval=10', '--out_dir=out/killed',
+                   '--init_from=resume', cwd=work)
+    assert f'resuming from out/killed/ckpt.pt at iteration {it}' in p.stdout
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['iter_num'] == it + 10
+
+
+def test_two_processes(work):
+    """torchrun with two CPU processes (gloo) trains and writes the same checkpoints."""
+    torchrun = shutil.which('torchrun')
+    cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run'])
+    p = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', os.path.join(REPO, 'train.py'), *TINY,
+                              '--max_iters=20', '--eval_interval=10', '--out_dir=out/ddp'],
+                       cwd=work, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert '2 process(es)' in p.stdout and 'step 20:' in p.stdout
+    assert torch.load(work / 'out/ddp/ckpt.pt', weights_only=True)['iter_num'] == 20
+
+
+def test_clear_errors(work, tmp_path):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    cases = [
+        (('prepare.py',), empty, 'no tokenizer checkpoint at out/vqvae/ckpt.pt: run vqvae.py first'),
+        (('train.py',), empty, 'run prepare.py first'),
+        (('sample.py',), empty, 'run prepare.py first'),
+        (('train.py', '--nope=1'), work, "unknown config key 'nope'"),
+        (('train.py', '--n_layer=two'), work, 'n_layer expects a int'),
+        (('train.py', '--init_from=resume', '--out_dir=out/none'), work, 'no checkpoint to resume at out/none/ckpt.pt'),
+        (('sample.py', '--out_dir=out/none'), work, 'no ckpt_{iter}.pt in out/none: run train.py first'),
+        (('vqvae.py', f'--mnist_dir={tmp_path}', '--out_dir=out/v'), empty, 'mnist_dir must hold the four MNIST files'),
+    ]
+    for args, cwd, message in cases:
+        assert message in error_line(run_script(*args, cwd=cwd, check=False)), args
+    # errors that need a trained model
+    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--out_dir=out/err', cwd=work)
+    (work / 'bad.png').write_bytes(b'')
+    (work / 'noise.png').write_text('not an image')
+    for args, message in [
+        (('--mode=generate', '--digits=7x'), 'a label is one digit 0-9'),
+        (('--mode=classify', '--image=bad.png'), 'cannot read image bad.png'),
+        (('--mode=classify', '--image=noise.png'), 'cannot read image noise.png'),
+        (('--mode=classify', '--image=99999'), 'test indices must be 0..9999'),
+        (('--mode=classify', '--image=missing.png'), 'image file missing.png not found'),
+        (('--mode=fly',), "mode must be 'eval', 'generate' or 'classify'"),
+    ]:
+        assert message in error_line(run_script('sample.py', '--out_dir=out/err', *args, cwd=work, check=False)), args
+    from PIL import Image
+    Image.new('L', (40, 40), 255).save(work / 'blank.png')
+    assert 'is blank' in error_line(run_script('sample.py', '--out_dir=out/err', '--mode=classify',
+                                               '--image=blank.png', cwd=work, check=False))
+    # a diverging run stops with a message and leaves no checkpoint of the broken model
+    p = run_script('train.py', *TINY, '--learning_rate=1e9', '--grad_clip=0', '--warmup_iters=0', '--log_interval=1',
+                   '--max_iters=50', '--eval_interval=50', '--out_dir=out/nan', cwd=work, check=False)
+    assert 'loss is not finite' in error_line(p)
+    assert not (work / 'out/nan/ckpt.pt').exists()
+    # a checkpoint used with data prepared differently
+    run_script('prepare.py', '--block_size=40', '--data_dir=data/other', cwd=work)
+    assert 'was trained on other data' in error_line(run_script(
+        'sample.py', '--out_dir=out/err', '--data_dir=data/other', cwd=work, check=False))
+    assert 'was trained on other data' in error_line(run_script(
+        'train.py', '--out_dir=out/err', '--data_dir=data/other', '--init_from=resume', cwd=work, check=False))

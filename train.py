@@ -1,0 +1,245 @@
+"""
+Train the multimodal GPT on the sequences prepare.py wrote. One process:
+
+    python train.py                                   # the default: small, about 10 minutes on 2 CPU cores
+    python train.py config/train_mnist_vlm_seed.py    # the published setting (14M parameters)
+
+Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGPT:
+
+    torchrun --standalone --nproc_per_node=2 train.py
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
+
+Every batch row is one whole sequence starting at its start. At every evaluation the validation loss
+and the accuracy of reading the labels of val images are printed, and the model is saved as
+ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) and ckpt.pt (everything
+needed to resume with --init_from=resume).
+"""
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import GPT, GPTConfig, load_checkpoint, pick_device, save_checkpoint
+from prepare import DIGITS, Codec, check_data, data_signature, load_meta, load_split, training_pairs
+
+# -----------------------------------------------------------------------------
+# default config values: a small model that trains in about 10 minutes on a 2-core CPU
+out_dir = 'out/mnist_vlm'
+data_dir = 'data/mnist_vlm'
+init_from = 'scratch'          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 250
+log_interval = 50
+eval_iters = 20                # batches per loss estimate
+eval_classify = 2000           # val images whose label is read at every evaluation
+# model
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.1
+bias = False
+# AdamW
+batch_size = 256               # sequences per optimizer step, over all processes and micro-steps
+gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
+learning_rate = 2e-3
+max_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0                # 0 disables
+# learning rate: linear warm-up, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 2000          # about max_iters, as in Chinchilla
+min_lr = 2e-4                  # about learning_rate / 10
+# system
+backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
+device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'                 # 'auto' = bfloat16 where cuda supports it, else float32; or 'float16'
+compile = False                # torch.compile the model
+seed = 1337
+# -----------------------------------------------------------------------------
+from configurator import configure  # noqa: E402
+config = configure(globals())
+if init_from not in ('scratch', 'resume'):
+    raise SystemExit(f"error: init_from must be 'scratch' or 'resume', got {init_from!r}")
+
+# processes and devices
+ddp = int(os.environ.get('RANK', -1)) != -1
+if ddp:
+    device = pick_device(device)
+    init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    else:  # share the cores between the processes on this machine
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
+else:
+    device, rank, local_rank, world_size = pick_device(device), 0, 0, 1
+master = rank == 0
+micro_batch = batch_size // (world_size * gradient_accumulation_steps)
+if micro_batch * world_size * gradient_accumulation_steps != batch_size:
+    raise SystemExit(f"error: batch_size {batch_size} must divide into {world_size} processes x "
+                     f"{gradient_accumulation_steps} accumulation steps")
+device_type = 'cuda' if device.startswith('cuda') else device
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if device_type != 'cuda' or dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+torch.manual_seed(seed + rank)
+
+# data: every row is one whole sequence (training_pairs), held on the device whole (a few MB)
+meta = load_meta(data_dir)
+codec = Codec.from_meta(meta)
+pad_id = codec.stoi['#']
+digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
+data = {}
+for split in ('train', 'val'):
+    seqs, codes, labels = load_split(data_dir, split, meta)
+    data[split] = tuple(t.to(device) for t in training_pairs(seqs, pad_id))
+    if split == 'val':  # classification prompts 'image:XXXXXXXX, number:' for the first val images
+        val_prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in codes[:eval_classify]],
+                                   device=device)
+        val_labels = labels[:eval_classify].to(device)
+batch_gen = torch.Generator(device=device)
+
+
+def get_batch(split, it):
+    """micro_batch random whole sequences; the draw depends only on (seed, rank, iteration), so a
+    resumed run sees the same batches as one that never stopped."""
+    X, Y = data[split]
+    batch_gen.manual_seed(hash((seed, rank, split == 'val', it)) % 2 ** 62)  # ints only: same in every process
+    ix = torch.randint(len(X), (micro_batch,), generator=batch_gen, device=device)
+    return X[ix], Y[ix]
+
+
+# model
+iter_num, best_val_loss = 0, 1e9
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=meta['block_size'],
+                  bias=bias, vocab_size=codec.vocab_size, dropout=dropout)
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    checkpoint = load_checkpoint(ckpt_path, 'checkpoint to resume', 'train without --init_from=resume first')
+    check_data(checkpoint, meta, ckpt_path, data_dir)
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+        model_args[k] = checkpoint['model_args'][k]
+    print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
+model = GPT(GPTConfig(**model_args))
+if init_from == 'resume':
+    model.load_state_dict(checkpoint['model'])
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+model.to(device)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if init_from == 'resume':
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if master:
+        torch.set_rng_state(checkpoint['rng_state'])
+    checkpoint = None
+raw_model = model
+if compile:
+    print("compiling the model...")
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    tokens_per_iter = batch_size * data['train'][0].size(1)
+    flops_per_token = raw_model.estimate_flops_per_token(data['train'][0].size(1))
+    print(f"{raw_model.get_num_params():,} parameters; {world_size} process(es) on {device} ({dtype}); "
+          f"{tokens_per_iter:,} tokens per iteration; {flops_per_token / 1e6:.3f} MFLOP per token")
+
+
+@torch.no_grad()
+def evaluate():
+    """Mean loss over eval_iters fixed batches of each split, and val label accuracy."""
+    raw_model.eval()  # the unwrapped model: only this process evaluates, so no DDP collectives
+    out = {}
+    for split in ('train', 'val'):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, -1 - k)
+            with ctx:
+                _, loss = raw_model(X, Y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    with ctx:
+        probs = raw_model.next_token_probs(val_prompts, digit_ids)
+    out['val_accuracy'] = (probs.argmax(1) == val_labels).float().mean().item()
+    raw_model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warm-up for warmup_iters, then cosine decay to min_lr at lr_decay_iters (SGDR, Loshchilov
+    & Hutter 2016)."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+X, Y = get_batch('train', iter_num)
+t0 = time.time()
+t_start, iter_start = t0, iter_num
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    if master and iter_num > iter_start and (iter_num % eval_interval == 0 or iter_num == max_iters):
+        ev = evaluate()
+        if not all(math.isfinite(v) for v in ev.values()):
+            raise SystemExit(f"error: loss is not finite at iteration {iter_num} ({ev}); the last good "
+                             f"checkpoint is kept in {out_dir}: lower learning_rate or raise warmup_iters")
+        elapsed = time.time() - t_start
+        print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}, "
+              f"val accuracy {ev['val_accuracy']:.4f} [{elapsed:.0f}s]")
+        best_val_loss = min(best_val_loss, ev['val'])
+        info = dict(iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
+                    val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
+        save_checkpoint(dict(model=raw_model.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
+        save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                             best_val_loss=best_val_loss, rng_state=torch.get_rng_state(), **info),
+                        os.path.join(out_dir, 'ckpt.pt'))
+    if iter_num >= max_iters:
+        break
+
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # sync gradients on the last micro-step only
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with ctx:
+            _, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps
+        X, Y = get_batch('train', iter_num + 1 if micro_step == gradient_accumulation_steps - 1
+                         else (iter_num, micro_step + 1))  # prefetch the next batch while the GPU works
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    iter_num += 1
+    if iter_num % log_interval == 0 and master:
+        lossf = loss.item() * gradient_accumulation_steps
+        if not math.isfinite(lossf):
+            raise SystemExit(f"error: loss is not finite ({lossf}) at iteration {iter_num}; the last good checkpoint "
+                             f"is kept in {out_dir}: lower learning_rate or raise warmup_iters")
+        dt = (time.time() - t0) / log_interval
+        t0 = time.time()
+        print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
+              f"{tokens_per_iter / dt:,.0f} tokens/s, lr {lr:.2e}")
+
+if ddp:
+    destroy_process_group()

@@ -8,8 +8,8 @@ image becomes one sequence of one of two tasks, chosen 50/50 at random with a fi
 padded with '#' to block_size. Writes to data_dir, per split (train = MNIST train[:50000], val =
 train[50000:], test = MNIST test): SPLIT.txt (one sequence per line), SPLIT.bin (uint16 token ids,
 block_size per sequence), SPLIT_codes.npy and SPLIT_labels.npy (every image's codes and digit, which
-evaluation prompts are built from), plus meta.json (vocabulary and format) and logo.png (which code
-each digit puts at each position).
+evaluation prompts are built from), logo.png (which code each digit puts at each position), and last
+meta.json (vocabulary, format, and the SHA-256 of every file, so a half-rewritten folder is noticed).
 
     python prepare.py
 
@@ -94,6 +94,13 @@ class Codec:
     def classification_prompt(self, codes):
         return CLASSIFICATION.split('{label}')[0].format(image=self.image_text(codes))
 
+    def is_generation(self, s):
+        """Does s (unpadded) follow the generation template, with tokens_per_image image codes?"""
+        head, _, rest = s.partition(', image:')
+        return (len(head) == len('number:0') and head[:-1] == 'number:' and head[-1] in DIGITS
+                and rest[-1:] == END and len(rest) == self.tokens_per_image + 1
+                and all(c in self.code_chars for c in rest[:-1]))
+
     def pad(self, s):
         if len(s) > self.block_size:
             raise SystemExit(f"error: sequence of {len(s)} characters is longer than block_size {self.block_size}: {s!r}")
@@ -138,6 +145,9 @@ def load_split(data_dir, split, meta):
     for p in (base + '.bin', base + '_codes.npy', base + '_labels.npy'):
         if not os.path.isfile(p):
             raise SystemExit(f"error: {p} is missing: run prepare.py first")
+        if meta.get('files', {}).get(os.path.basename(p)) != sha256_file(p):
+            raise SystemExit(f"error: {p} is not the file {data_dir}/meta.json describes (prepare.py "
+                             f"still running, or interrupted?): run prepare.py again")
     seqs = np.fromfile(base + '.bin', dtype=meta['dtype'])
     if len(seqs) % meta['block_size']:
         raise SystemExit(f"error: {base}.bin is not a whole number of {meta['block_size']}-token sequences: run prepare.py again")
@@ -236,7 +246,7 @@ if __name__ == '__main__':
     dtype = np.uint16
     assert codec.vocab_size <= np.iinfo(dtype).max
     os.makedirs(data_dir, exist_ok=True)
-    counts = {}
+    counts, files = {}, {}
     for split, (images, labels) in mnist_splits(mnist_dir).items():
         with torch.no_grad():
             codes = torch.cat([tok.encode(torch.from_numpy(images[i:i + 5000]))
@@ -250,6 +260,7 @@ if __name__ == '__main__':
         atomic_write(base + '.bin', ids.tobytes())
         atomic_write(base + '_codes.npy', lambda tmp: np.save(tmp, codes.astype(np.int16)))
         atomic_write(base + '_labels.npy', lambda tmp: np.save(tmp, labels.astype(np.uint8)))
+        files.update({os.path.basename(base + e): sha256_file(base + e) for e in ('.bin', '_codes.npy', '_labels.npy')})
         counts[split] = dict(sequences=len(lines), generation=int(generation.sum()),
                              classification=int((~generation).sum()))
         print(f"{split}: {len(lines)} sequences ({counts[split]['generation']} generation), e.g. {lines[0]}")
@@ -258,7 +269,7 @@ if __name__ == '__main__':
     meta = dict(vocab=codec.itos, vocab_size=codec.vocab_size, block_size=block_size,
                 tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size,
                 code_offset=codec.code_offset, tokenizer=tokenizer, tokenizer_sha256=sha256_file(tokenizer),
-                dtype='uint16', seed=seed, splits=counts)
+                dtype='uint16', seed=seed, splits=counts, files=files)
     atomic_write(os.path.join(data_dir, 'meta.json'), json.dumps(meta, indent=1) + '\n')
     print(f"vocabulary of {codec.vocab_size} tokens: {''.join(TEXT_CHARS)!r} + {codec.codebook_size} codes; "
           f"wrote {data_dir}/meta.json and logo.png")

@@ -230,14 +230,16 @@ if __name__ == '__main__':
             off = confusion.clone().fill_diagonal_(0)
             top = torch.argsort(off.flatten(), descending=True)[:5]
             pairs = [dict(true=int(i // 10), predicted=int(i % 10), count=int(off.flatten()[i])) for i in top if off.flatten()[i] > 0]
-            images, _ = generate_images(model, codec, tok, grid_labels, torch.Generator(device).manual_seed(seed),
-                                        temperature, top_k, batch_size)
+            images, codes = generate_images(model, codec, tok, grid_labels, torch.Generator(device).manual_seed(seed),
+                                            temperature, top_k, batch_size)
+            valid = sum(codec.is_generation(codec.generation(d, c.tolist())) for d, c in zip(grid_labels, codes))
             grid = os.path.join(out_dir, f"samples_{ck['iter_num']}.png")
             save_image_grid(images, grid, num_samples)
             r = dict(iter=ck['iter_num'], checkpoint=os.path.basename(path), classification_accuracy=acc,
                      classification_stderr=math.sqrt(acc * (1 - acc) / n), n_test=n,
                      confusion_pairs=pairs, confusion_matrix=confusion.tolist(),
                      val_loss=ck.get('val_loss'), samples=os.path.basename(grid),
+                     generation_validity=valid / len(grid_labels),
                      parameters=model.get_num_params())
             results.append(r)
             print(f"{r['checkpoint']} (iteration {r['iter']}): test accuracy {acc:.4f} \u00b1 "

@@ -217,7 +217,7 @@ if __name__ == '__main__':
         else:
             bad_epochs += 1
         print(f"epoch {epoch + 1}: train loss {loss.item():.4f}, val loss {vl:.4f}"
-              f"{'' if bad_epochs else ' (best)'} [{time.time() - t0:.0f}s]")
+              f"{'' if bad_epochs else ' (best)'} [{time.time() - t0:.0f}s]", flush=True)
         if bad_epochs >= patience:
             print(f"early stop: no better validation loss for {patience} epochs")
             break

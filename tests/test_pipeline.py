@@ -74,7 +74,7 @@ def test_train_and_sample(work):
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]
     for r in report['checkpoints']:
-        assert r['n_test'] == 10000 and 0 <= r['classification_accuracy'] <= 1
+        assert r['n_test'] == 10000 and 0 <= r['classification_accuracy'] <= 1 and r['generation_validity'] == 1.0
         assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
     assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
     assert 'test accuracy' in p.stdout
@@ -143,7 +143,11 @@ def test_two_processes(work):
                        cwd=work, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert '2 process(es)' in p.stdout and 'step 20:' in p.stdout
-    assert torch.load(work / 'out/ddp/ckpt.pt', weights_only=True)['iter_num'] == 20
+    ddp = [torch.load(work / f'out/ddp/ckpt_{i}.pt', weights_only=True)['val_loss'] for i in (10, 20)]
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/single', cwd=work)
+    one = [torch.load(work / f'out/single/ckpt_{i}.pt', weights_only=True)['val_loss'] for i in (10, 20)]
+    # the same global batch: the same curve up to the batches drawn
+    assert ddp[1] < ddp[0] and all(abs(a - b) / b < 0.1 for a, b in zip(ddp, one)), (ddp, one)
 
 
 def test_clear_errors(work, tmp_path):
@@ -183,6 +187,11 @@ def test_clear_errors(work, tmp_path):
                    '--max_iters=50', '--eval_interval=50', '--out_dir=out/nan', cwd=work, check=False)
     assert 'loss is not finite' in error_line(p)
     assert not (work / 'out/nan/ckpt.pt').exists()
+    # a data folder whose files are not the ones its meta.json describes (prepare.py interrupted)
+    shutil.copytree(work / 'data/mnist_vlm', work / 'data/mixed')
+    (work / 'data/mixed/val.bin').write_bytes((work / 'data/mnist_vlm/train.bin').read_bytes()[:640000])
+    assert 'is not the file data/mixed/meta.json describes' in error_line(run_script(
+        'train.py', '--data_dir=data/mixed', cwd=work, check=False))
     # a checkpoint used with data prepared differently
     run_script('prepare.py', '--block_size=40', '--data_dir=data/other', cwd=work)
     assert 'was trained on other data' in error_line(run_script(

@@ -133,6 +133,10 @@ def test_templates_and_padding():
     assert codec.generation_prompt(7) == 'number:7, image:'
     assert codec.classification_prompt(codes) == 'image:PTKRWCIU, number:'
     assert codec.image_text(codes) == 'PTKRWCIU' and codec.vocab_size == 50
+    assert codec.is_generation('number:7, image:PTKRWCIU.')
+    for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
+                'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:7.'):
+        assert not codec.is_generation(bad)
     with pytest.raises(SystemExit, match='longer than block_size'):
         codec.pad('x' * 33)
     with pytest.raises(SystemExit, match='block_size 20 is too short'):

@@ -120,7 +120,7 @@ def sampling():
     prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in codes[:n_samples]], device=device)
     digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
     report('classify', [len(prompts) / t for t in timed(lambda: model.next_token_probs(prompts, digit_ids, batch_size))],
-           'images/s', n=len(prompts))
+           'images/s', images=len(prompts))
     codes = codes[:n_samples].to(device)
     images = torch.cat([tok.decode(codes[i:i + batch_size]) for i in range(0, len(codes), batch_size)])
     report('tokenizer_encode', [len(images) / t for t in timed(lambda: [tok.encode(images[i:i + batch_size])
@@ -155,6 +155,6 @@ print(json.dumps(dict(name='machine', device=device, torch=torch.__version__, th
 peak = matmul_peak()
 if pipeline:
     whole_pipeline()
-for cfg in train_configs.split(','):
+for cfg in filter(None, train_configs.split(',')):
     train_throughput(cfg, peak)
 sampling()

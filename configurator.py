@@ -28,7 +28,8 @@ def _coerce(key, old, new, where):
 def configure(g, argv=None):
     """Override the simple globals of `g` from argv; return the resulting {key: value} for logging."""
     argv = sys.argv[1:] if argv is None else argv
-    keys = sorted(k for k, v in g.items() if not k.startswith('_') and isinstance(v, SIMPLE))
+    keys = sorted(k for k, v in g.items()  # UPPERCASE names are constants, not settings
+                  if not k.startswith('_') and not k.isupper() and isinstance(v, SIMPLE))
     script = os.path.basename(str(g.get('__file__', 'this script')))
 
     def put(key, value, where):
@@ -66,6 +67,6 @@ def configure(g, argv=None):
             except Exception as e:
                 raise SystemExit(f"error: config file '{arg}' failed: {type(e).__name__}: {e}")
             for key, value in ns.items():
-                if not key.startswith('_') and isinstance(value, SIMPLE):
+                if not key.startswith('_') and not key.isupper() and isinstance(value, SIMPLE):
                     put(key, value, arg)
     return {k: g[k] for k in keys}

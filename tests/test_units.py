@@ -15,7 +15,7 @@ from prepare import DIGITS, PAD, Codec, training_pairs
 # settings ---------------------------------------------------------------------------------------------
 
 def settings():
-    return dict(__file__='x.py', lr=1e-3, n=4, name='a', flag=False, opt=None, _private=1)
+    return dict(__file__='x.py', lr=1e-3, n=4, name='a', flag=False, opt=None, _private=1, CONSTANT='c')
 
 
 def test_configure_overrides_and_types(tmp_path):
@@ -24,11 +24,12 @@ def test_configure_overrides_and_types(tmp_path):
     g = settings()
     out = configurator.configure(g, [str(cfg), '--n=16', '--name=007', '--flag=True', '--lr=1'])
     assert (g['lr'], g['n'], g['name'], g['flag']) == (1.0, 16, '007', True)
-    assert isinstance(g['lr'], float) and out['n'] == 16 and '_private' not in out
+    assert isinstance(g['lr'], float) and out['n'] == 16 and '_private' not in out and 'CONSTANT' not in out
 
 
 @pytest.mark.parametrize('argv, message', [
     (['--nope=1'], "unknown config key 'nope'"),
+    (['--CONSTANT=d'], "unknown config key 'CONSTANT'"),
     (['--n=abc'], 'n expects a int'),
     (['--flag=1'], 'flag expects a bool'),
     (['--n'], 'expected --key=value'),

@@ -109,7 +109,7 @@ def sampling():
     codec = Codec.from_meta(meta)
     tok, _ = load_tokenizer(meta['tokenizer'])
     tok.to(device)
-    model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, device)
+    model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device)
     labels = [DIGITS[i % 10] for i in range(n_samples)]
     gen = lambda cache: generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed),
                                         batch_size=batch_size, use_cache=cache)
@@ -117,7 +117,7 @@ def sampling():
     t_plain = report('generate_nocache', [n_samples / t for t in timed(lambda: gen(False), max(1, repeats // 2))], 'images/s')
     print(json.dumps(dict(name='generate_cache_speedup', value=t_cache / t_plain, unit='x')), flush=True)
     _, codes, _ = load_split(data_dir, 'test', meta)
-    prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in codes[:n_samples]], device=device)
+    prompts = codec.classification_prompts(codes[:n_samples], device)
     digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
     report('classify', [len(prompts) / t for t in timed(lambda: model.next_token_probs(prompts, digit_ids, batch_size))],
            'images/s', images=len(prompts))

@@ -74,8 +74,7 @@ class Codec:
         return ''.join(self.code_chars[int(c)] for c in codes)
 
     def image_codes(self, text):
-        bad = [c for c in text if not (self.code_offset <= self.stoi.get(c, -1))]
-        if bad or len(text) != self.tokens_per_image:
+        if len(text) != self.tokens_per_image or any(self.stoi.get(c, -1) < self.code_offset for c in text):
             raise SystemExit(f"error: an image is {self.tokens_per_image} code characters, got {text!r}")
         return np.array([self.stoi[c] - self.code_offset for c in text], dtype=np.int64)
 
@@ -100,6 +99,14 @@ class Codec:
         return (len(head) == len('number:0') and head[:-1] == 'number:' and head[-1] in DIGITS
                 and rest[-1:] == END and len(rest) == self.tokens_per_image + 1
                 and all(c in self.code_chars for c in rest[:-1]))
+
+    def generation_prompts(self, labels, device='cpu'):
+        """Token ids (N, T) of 'number:d, image:' for each label."""
+        return torch.tensor([self.encode(self.generation_prompt(d)) for d in labels], device=device)
+
+    def classification_prompts(self, codes, device='cpu'):
+        """Token ids (N, T) of 'image:XXXXXXXX, number:' for each row of codes."""
+        return torch.tensor([self.encode(self.classification_prompt(c)) for c in codes], device=device)
 
     def pad(self, s):
         if len(s) > self.block_size:

@@ -46,7 +46,7 @@ device = 'auto'
 # -----------------------------------------------------------------------------
 
 
-def load_model(path, meta, device):
+def load_model(path, meta, data_dir, device):
     """A trained GPT from a checkpoint of train.py, checked against the prepared data."""
     ck = load_checkpoint(path, 'language-model checkpoint', 'run train.py first')
     if not isinstance(ck, dict) or 'model_args' not in ck or 'data' not in ck:
@@ -61,7 +61,7 @@ def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k
                     use_cache=True):
     """One image per label: sample its codes after 'number:d, image:' (codes only), then decode."""
     device = next(model.parameters()).device
-    prompts = torch.tensor([codec.encode(codec.generation_prompt(d)) for d in labels], device=device)
+    prompts = codec.generation_prompts(labels, device)
     allowed = codec.mask(codes=True, device=device)
     codes = []
     for i in range(0, len(prompts), batch_size):
@@ -169,10 +169,8 @@ if __name__ == '__main__':
     paths = checkpoint_paths()
 
     if mode == 'generate':
-        for d in digits:
-            codec.generation_prompt(d)  # a one-line error for anything but 0-9
         labels = [d for d in digits for _ in range(num_samples)]
-        model, ck = load_model(paths[0], meta, device)
+        model, ck = load_model(paths[0], meta, data_dir, device)
         images, codes = generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed),
                                         temperature, top_k, batch_size)
         grid = os.path.join(out_dir, 'generate.png')
@@ -193,7 +191,7 @@ if __name__ == '__main__':
             print(f"saved {save_npy} and {lpath}")
 
     elif mode == 'classify':
-        model, ck = load_model(paths[0], meta, device)
+        model, ck = load_model(paths[0], meta, data_dir, device)
         if not image:
             raise SystemExit("error: classify needs --image=INDICES (MNIST test) or --image=FILE")
         if os.path.exists(image) or not re.fullmatch(r'[\d,\s-]+', image):
@@ -208,7 +206,7 @@ if __name__ == '__main__':
             _, test_codes, test_labels = load_split(data_dir, 'test', meta)
             idx = parse_indices(image, len(test_codes))
             codes, truth, names = test_codes[idx], test_labels[idx].tolist(), [f"test[{i}]" for i in idx]
-        prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in codes], device=device)
+        prompts = codec.classification_prompts(codes, device)
         probs = model.next_token_probs(prompts, digit_ids).cpu()
         for name, t, p in zip(names, truth, probs):
             print(f"{name}: {int(p.argmax())}" + ('' if t is None else f" (true {t})") + "  p: "
@@ -216,12 +214,12 @@ if __name__ == '__main__':
 
     else:  # eval
         _, test_codes, test_labels = load_split(data_dir, 'test', meta)
-        prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in test_codes], device=device)
+        prompts = codec.classification_prompts(test_codes, device)
         test_labels = test_labels.to(device)
         grid_labels = [d for d in DIGITS for _ in range(num_samples)]
         results = []
         for path in paths:
-            model, ck = load_model(path, meta, device)
+            model, ck = load_model(path, meta, data_dir, device)
             pred = model.next_token_probs(prompts, digit_ids, batch_size).argmax(1)
             n = len(test_labels)
             acc = (pred == test_labels).float().mean().item()

@@ -24,7 +24,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig, load_checkpoint, pick_device, save_checkpoint
-from prepare import DIGITS, Codec, check_data, data_signature, load_meta, load_split, training_pairs
+from prepare import DIGITS, PAD, Codec, check_data, data_signature, load_meta, load_split, training_pairs
 
 # -----------------------------------------------------------------------------
 # default config values: a small model that trains in about 10 minutes on a 2-core CPU
@@ -98,15 +98,13 @@ torch.manual_seed(seed + rank)
 # data: every row is one whole sequence (training_pairs), held on the device whole (a few MB)
 meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
-pad_id = codec.stoi['#']
 digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
 data = {}
 for split in ('train', 'val'):
     seqs, codes, labels = load_split(data_dir, split, meta)
-    data[split] = tuple(t.to(device) for t in training_pairs(seqs, pad_id))
+    data[split] = tuple(t.to(device) for t in training_pairs(seqs, codec.stoi[PAD]))
     if split == 'val':  # classification prompts 'image:XXXXXXXX, number:' for the first val images
-        val_prompts = torch.tensor([codec.encode(codec.classification_prompt(c)) for c in codes[:eval_classify]],
-                                   device=device)
+        val_prompts = codec.classification_prompts(codes[:eval_classify], device)
         val_labels = labels[:eval_classify].to(device)
 batch_gen = torch.Generator(device=device)
 

@@ -179,7 +179,7 @@ def tiny_gpt(vocab_size=50):
 def test_kv_cache_gives_the_same_tokens():
     model = tiny_gpt()
     codec = Codec(26, 8, 32)
-    idx = torch.tensor([codec.encode(codec.generation_prompt(d)) for d in DIGITS])
+    idx = codec.generation_prompts(DIGITS)
     mask = codec.mask(codes=True)
     outs = [model.generate(idx, 8, allowed=mask, use_cache=c, generator=torch.Generator().manual_seed(1))
             for c in (True, False)]
@@ -195,7 +195,7 @@ def test_kv_cache_gives_the_same_tokens():
 def test_next_token_probs_only_over_candidates():
     model = tiny_gpt()
     codec = Codec(26, 8, 32)
-    idx = torch.tensor([codec.encode(codec.classification_prompt([0] * 8))] * 3)
+    idx = codec.classification_prompts([[0] * 8] * 3)
     p = model.next_token_probs(idx, torch.tensor(codec.encode(DIGITS)), batch_size=2)
     assert p.shape == (3, 10) and torch.allclose(p.sum(1), torch.ones(3))
 

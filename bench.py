@@ -3,13 +3,14 @@ Measure this code on this machine, after nanoGPT's bench.py. Prints one JSON lin
 of `repeats` timed runs after a warm-up, with their min and max.
 
     python bench.py                  # needs the default pipeline's outputs (out/vqvae, data/mnist_vlm, out/mnist_vlm)
-    python bench.py --pipeline=True --mnist_dir=../shared/mnist   # also time the four scripts end to end
+    python bench.py --pipeline=True --mnist_dir=../shared/mnist   # first run the four scripts here, timed
 
 - matmul_peak: the device's dense float32 matmul rate, the yardstick for model FLOPs utilisation (MFU)
 - train_*: train.py itself, run for a few iterations with the default config and the published one
   (config/train_mnist_vlm_seed.py); tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
-- generate / generate_nocache: 10,000 label -> image samples (grammar-constrained) with the key/value
-  cache and with nanoGPT's plain loop that re-reads the whole prefix at every step
+- generate / generate_nocache: 10,000 label -> image samples (grammar-constrained, with sample.py's
+  default classifier-free guidance) with the key/value cache and with nanoGPT's plain loop that
+  re-reads the whole prefix at every step
 - classify: labels of the 10,000 test images; tokenizer_encode / tokenizer_decode: 10,000 images
 - pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
 """
@@ -26,6 +27,7 @@ import torch
 
 from model import load_tokenizer, pick_device
 from prepare import DIGITS, Codec, load_meta, load_split
+import sample
 from sample import generate_images, load_model
 
 # -----------------------------------------------------------------------------
@@ -36,6 +38,7 @@ data_dir = 'data/mnist_vlm'
 n_samples = 10000
 batch_size = 1000
 train_configs = 'default,config/train_mnist_vlm_seed.py'
+train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
 pipeline = False               # also run the whole default pipeline (minutes) and time each stage
 mnist_dir = ''                 # for the pipeline: see vqvae.py
 seed = 1337
@@ -72,22 +75,24 @@ def report(name, values, unit, **extra):
     return line['median']
 
 
-def matmul_peak():
+def matmul_peak(name='matmul_peak'):
     n = 4096 if device.startswith('cuda') else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     reps = 20 if device.startswith('cuda') else 3
     def f():
         for _ in range(reps):
             a @ b
-    return report('matmul_peak', [2 * n ** 3 * reps / t / 1e9 for t in timed(f)], 'GFLOP/s', size=n)
+    return report(name, [2 * n ** 3 * reps / t / 1e9 for t in timed(f)], 'GFLOP/s', size=n)
 
 
-def train_throughput(cfg, peak):
-    """Run train.py for (repeats + 1) x 5 iterations; the first 5 are the warm-up."""
+def train_throughput(cfg):
+    """Run train.py for (repeats + 1) x train_window iterations; the first window is the warm-up. MFU is
+    against the matmul peak measured again right after, so that both see the machine in the same state
+    (on a shared machine the peak itself moves by 10-15% over minutes)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = [] if cfg == 'default' else [os.path.join(HERE, cfg)]
         cmd = [sys.executable, os.path.join(HERE, 'train.py'), *args, f'--data_dir={os.path.abspath(data_dir)}',
-               f'--out_dir={tmp}', f'--max_iters={5 * (repeats + 1)}', '--log_interval=5',
+               f'--out_dir={tmp}', f'--max_iters={train_window * (repeats + 1)}', f'--log_interval={train_window}',
                '--eval_interval=100000', '--eval_iters=1', '--eval_classify=10', f'--device={device}']
         p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
@@ -98,6 +103,7 @@ def train_throughput(cfg, peak):
     ms = [float(x) for x in re.findall(r'([\d.]+) ms/iter', p.stdout)][1:]
     tps = [tokens / (m / 1000) for m in ms]
     name = 'default' if cfg == 'default' else os.path.splitext(os.path.basename(cfg))[0]
+    peak = matmul_peak(f'matmul_peak_after_{name}')
     report(f'train_{name}_ms_per_iter', ms, 'ms', parameters=params, tokens_per_iter=tokens)
     med = report(f'train_{name}_tokens_per_s', tps, 'tokens/s')
     report(f'train_{name}_mfu', [t * mflop * 1e6 / 1e9 / peak for t in tps], 'fraction of matmul_peak',
@@ -112,7 +118,7 @@ def sampling():
     model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device)
     labels = [DIGITS[i % 10] for i in range(n_samples)]
     gen = lambda cache: generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed),
-                                        batch_size=batch_size, use_cache=cache)
+                                        batch_size=batch_size, use_cache=cache, guidance=sample.guidance)
     t_cache = report('generate', [n_samples / t for t in timed(lambda: gen(True))], 'images/s')
     t_plain = report('generate_nocache', [n_samples / t for t in timed(lambda: gen(False), max(1, repeats // 2))], 'images/s')
     print(json.dumps(dict(name='generate_cache_speedup', value=t_cache / t_plain, unit='x')), flush=True)
@@ -130,31 +136,33 @@ def sampling():
 
 
 def whole_pipeline():
-    """The four scripts with their defaults, in a scratch folder (MNIST from mnist_dir or the cache)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = mnist_dir or (os.path.join('data', 'mnist') if os.path.isdir(os.path.join('data', 'mnist')) else '')
-        total = 0.0
-        for script, args in (('vqvae.py', [f'--mnist_dir={os.path.abspath(src)}'] if src else []),
-                             ('prepare.py', []), ('train.py', []), ('sample.py', [])):
-            args += [] if script == 'prepare.py' else [f'--device={device}']
-            t = time.perf_counter()
-            p = subprocess.run([sys.executable, os.path.join(HERE, script), *args], cwd=tmp, capture_output=True, text=True)
-            dt = time.perf_counter() - t
-            if p.returncode:
-                raise SystemExit(f"error: {script} failed in the pipeline: {p.stderr.strip().splitlines()[-1]}")
-            total += dt
-            report(f'pipeline_{script[:-3]}', [dt], 's')
-            if script == 'sample.py':
-                last = json.load(open(os.path.join(tmp, 'out', 'mnist_vlm', 'eval.json')))['checkpoints'][-1]
-        report('pipeline_total', [total], 's', classification_accuracy=last['classification_accuracy'])
+    """The four scripts with their defaults, here, as the README's first command runs them (their
+    outputs replace out/vqvae, data/mnist_vlm and out/mnist_vlm, which the sampling figures then use)."""
+    src = mnist_dir or (os.path.join('data', 'mnist') if os.path.isdir(os.path.join('data', 'mnist')) else '')
+    total = 0.0
+    for script, args in (('vqvae.py', [f'--mnist_dir={os.path.abspath(src)}'] if src else []),
+                         ('prepare.py', []), ('train.py', []), ('sample.py', [])):
+        args += [] if script == 'prepare.py' else [f'--device={device}']
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        if p.returncode:
+            raise SystemExit(f"error: {script} failed in the pipeline: {p.stderr.strip().splitlines()[-1]}")
+        total += dt
+        report(f'pipeline_{script[:-3]}', [dt], 's')
+    ev = json.load(open(os.path.join('out', 'mnist_vlm', 'eval.json')))
+    q = ev['quality']
+    report('pipeline_total', [total], 's', classification_accuracy=ev['checkpoints'][-1]['classification_accuracy'],
+           **{k: q[k] for k in ('generation_fidelity', 'generation_frechet', 'generation_validity',
+                                'distinct_generations', 'reconstruction_fidelity', 'reconstruction_frechet')})
 
 
 torch.manual_seed(seed)
 print(json.dumps(dict(name='machine', device=device, torch=torch.__version__, threads=torch.get_num_threads(),
                       cpu_count=os.cpu_count(), gpu=torch.cuda.get_device_name() if device.startswith('cuda') else None)))
-peak = matmul_peak()
+matmul_peak()
 if pipeline:
     whole_pipeline()
 for cfg in filter(None, train_configs.split(',')):
-    train_throughput(cfg, peak)
+    train_throughput(cfg)
 sampling()

@@ -17,6 +17,7 @@ This file also holds the Codec, the one definition of the letter codec and the s
 """
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -28,7 +29,9 @@ from model import atomic_write, load_tokenizer
 tokenizer = 'out/vqvae/ckpt.pt'   # written by vqvae.py
 data_dir = 'data/mnist_vlm'       # where the prepared sequences go
 mnist_dir = ''                    # see vqvae.py
-block_size = 32                   # every sequence is padded to this many characters
+block_size = 0                    # every sequence is padded to this many characters; 0 = the
+                                  # longest sequence rounded up to a multiple of 8
+augment = 4                       # train: this many randomly moved copies of each image besides it
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -104,6 +107,11 @@ class Codec:
         """Token ids (N, T) of 'number:d, image:' for each label."""
         return torch.tensor([self.encode(self.generation_prompt(d)) for d in labels], device=device)
 
+    def image_prompts(self, n, device='cpu'):
+        """Token ids (n, T) of 'image:', how a classification sequence starts: an image with no label
+        before it, which classifier-free guidance samples against."""
+        return torch.tensor([self.encode(CLASSIFICATION.split('{image}')[0])] * n, device=device)
+
     def classification_prompts(self, codes, device='cpu'):
         """Token ids (N, T) of 'image:XXXXXXXX, number:' for each row of codes."""
         return torch.tensor([self.encode(self.classification_prompt(c)) for c in codes], device=device)
@@ -132,6 +140,19 @@ class Codec:
         if codes:
             m[self.code_offset:] = True
         return m
+
+
+def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1):
+    """Randomly moved copies of images (N, H, W): shifted up to shift pixels, rotated up to rotate
+    degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003)."""
+    import torch.nn.functional as F
+    n, h, w = images.shape
+    u = lambda: torch.rand(n, generator=generator) * 2 - 1
+    a, s = u() * math.radians(rotate), 1 + u() * scale
+    theta = torch.stack([torch.stack([torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
+                         torch.stack([torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
+    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    return F.grid_sample(images[:, None], grid, align_corners=False)[:, 0].clamp(0, 1)
 
 
 def load_meta(data_dir):
@@ -248,16 +269,22 @@ if __name__ == '__main__':
     from vqvae import mnist_splits
     config = configure(globals())
     tok, _ = load_tokenizer(tokenizer)
+    if block_size == 0:
+        block_size = -(-len(GENERATION.format(label='0', image='x' * tok.tokens_per_image)) // 8) * 8
     codec = Codec(tok.codebook_size, tok.tokens_per_image, block_size)
+    g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     dtype = np.uint16
     assert codec.vocab_size <= np.iinfo(dtype).max
     os.makedirs(data_dir, exist_ok=True)
     counts, files = {}, {}
     for split, (images, labels) in mnist_splits(mnist_dir).items():
+        images = torch.from_numpy(images)
+        if split == 'train' and augment:
+            images = torch.cat([images] + [augmented(images, g) for _ in range(augment)])
+            labels = np.tile(labels, augment + 1)
         with torch.no_grad():
-            codes = torch.cat([tok.encode(torch.from_numpy(images[i:i + 5000]))
-                               for i in range(0, len(images), 5000)]).numpy()
+            codes = torch.cat([tok.encode(images[i:i + 5000]) for i in range(0, len(images), 5000)]).numpy()
         generation = rng.random(len(codes)) < 0.5
         lines = [codec.pad(codec.generation(y, c) if gen else codec.classification(c, y))
                  for c, y, gen in zip(codes, labels, generation)]
@@ -273,10 +300,14 @@ if __name__ == '__main__':
         print(f"{split}: {len(lines)} sequences ({counts[split]['generation']} generation), e.g. {lines[0]}")
         if split == 'train':
             draw_logo(codes, labels, codec, os.path.join(data_dir, 'logo.png'))
+    with torch.no_grad():  # each code's latent vector, from which train.py can initialise its embedding
+        vectors = tok.quantizer.vectors(torch.arange(codec.codebook_size)).numpy().astype(np.float32)
+    atomic_write(os.path.join(data_dir, 'code_vectors.npy'), lambda tmp: np.save(tmp, vectors))
+    files['code_vectors.npy'] = sha256_file(os.path.join(data_dir, 'code_vectors.npy'))
     meta = dict(vocab=codec.itos, vocab_size=codec.vocab_size, block_size=block_size,
                 tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size,
                 code_offset=codec.code_offset, tokenizer=tokenizer, tokenizer_sha256=sha256_file(tokenizer),
-                dtype='uint16', seed=seed, splits=counts, files=files)
+                dtype='uint16', seed=seed, augment=augment, splits=counts, files=files)
     atomic_write(os.path.join(data_dir, 'meta.json'), json.dumps(meta, indent=1) + '\n')
     print(f"vocabulary of {codec.vocab_size} tokens: {''.join(TEXT_CHARS)!r} + {codec.codebook_size} codes; "
           f"wrote {data_dir}/meta.json and logo.png")

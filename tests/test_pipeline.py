@@ -19,13 +19,19 @@ TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_i
         '--eval_classify=100', '--warmup_iters=5', '--lr_decay_iters=40', '--log_interval=10']
 
 
+CODE = '[\ue000-\ue3e7]'  # the default tokenizer's 1000 codes are Private Use Area characters
+
+
 @pytest.fixture(scope='module')
 def work(mnist_dir, tmp_path_factory):
-    """A folder where vqvae.py and prepare.py have run (one quick epoch of the tokenizer)."""
+    """A folder where vqvae.py and prepare.py have run with their defaults (one epoch of the tokenizer),
+    and the published MLP tokenizer beside them (out/vqvae_seed, data/seed_vlm)."""
     w = tmp_path_factory.mktemp('work')
-    p = run_script('vqvae.py', f'--mnist_dir={mnist_dir}', '--max_epochs=1', '--kmeans_samples=2000', cwd=w)
+    p = run_script('vqvae.py', f'--mnist_dir={mnist_dir}', '--max_epochs=1', cwd=w)
     assert 'PSNR' in p.stdout
-    run_script('prepare.py', cwd=w)
+    run_script('prepare.py', '--augment=1', cwd=w)
+    run_script('vqvae.py', os.path.join(REPO, 'config/vqvae_seed.py'), '--max_epochs=1', '--kmeans_samples=2000', cwd=w)
+    run_script('prepare.py', '--tokenizer=out/vqvae_seed/ckpt.pt', '--data_dir=data/seed_vlm', '--augment=0', cwd=w)
     return w
 
 
@@ -37,32 +43,38 @@ def error_line(p):
     return lines[0]
 
 
-def test_tokenizer_outputs(work):
-    ckpt = torch.load(work / 'out/vqvae/ckpt.pt', weights_only=True)
-    assert ckpt['model_args']['tokens_per_image'] == 8 and ckpt['model_args']['codebook_size'] == 26
-    m = json.loads((work / 'out/vqvae/metrics.json').read_text())['test']
-    assert m['psnr'] > 10 and 1 <= m['perplexity'] <= 26 and m['codes_used'] + m['dead_codes'] == 26
-    assert (work / 'out/vqvae/reconstructions.png').stat().st_size > 0
+@pytest.mark.parametrize('name, tokens, codes', [('vqvae', 16, 1000), ('vqvae_seed', 8, 26)])
+def test_tokenizer_outputs(work, name, tokens, codes):
+    ckpt = torch.load(work / f'out/{name}/ckpt.pt', weights_only=True)
+    assert ckpt['model_args']['tokens_per_image'] == tokens and ckpt['model_args']['codebook_size'] == codes
+    m = json.loads((work / f'out/{name}/metrics.json').read_text())['test']
+    assert m['psnr'] > 10 and 1 <= m['perplexity'] <= codes and m['codes_used'] + m['dead_codes'] == codes
+    assert (work / f'out/{name}/reconstructions.png').stat().st_size > 0
 
 
-def test_prepared_data(work):
-    d = work / 'data/mnist_vlm'
+@pytest.mark.parametrize('name, block, tokens, vocab, code, train', [
+    ('mnist_vlm', 40, 16, 1024, CODE, 100000),   # the default: 4x4 grid of 1000 codes, one moved copy (--augment=1)
+    ('seed_vlm', 32, 8, 50, '[A-Z]', 50000)])    # the published tokenizer: 8 letters
+def test_prepared_data(work, name, block, tokens, vocab, code, train):
+    d = work / 'data' / name
     meta = json.loads((d / 'meta.json').read_text())
-    assert meta['block_size'] == 32 and meta['tokens_per_image'] == 8 and meta['vocab_size'] == 50
-    for split, n in (('train', 50000), ('val', 10000), ('test', 10000)):
+    assert meta['block_size'] == block and meta['tokens_per_image'] == tokens and meta['vocab_size'] == vocab
+    for split, n in (('train', train), ('val', 10000), ('test', 10000)):
         lines = (d / f'{split}.txt').read_text(encoding='utf-8').splitlines()
-        assert len(lines) == n and all(len(s) == 32 for s in lines)
-        pat = re.compile(r'(number:\d, image:[A-Z]{8}\.|image:[A-Z]{8}, number:\d\.)#+')
+        assert len(lines) == n and all(len(s) == block for s in lines)
+        pat = re.compile(rf'(number:\d, image:{code}{{{tokens}}}\.|image:{code}{{{tokens}}}, number:\d\.)#+')
         assert all(pat.fullmatch(s) for s in lines)
         gen = sum(s.startswith('number') for s in lines) / n
         assert 0.45 < gen < 0.55  # the two tasks 50/50
-        ids = np.fromfile(d / f'{split}.bin', dtype=np.uint16).reshape(n, 32)
+        ids = np.fromfile(d / f'{split}.bin', dtype=np.uint16).reshape(n, block)
         assert ''.join(meta['vocab'][i] for i in ids[0]) == lines[0]
-        assert np.load(d / f'{split}_codes.npy').shape == (n, 8)
+        assert np.load(d / f'{split}_codes.npy').shape == (n, tokens)
+    assert np.load(d / 'code_vectors.npy').shape[0] == vocab - 24
     assert (d / 'logo.png').stat().st_size > 0
     # a fixed seed makes it reproducible
     before = (d / 'train.txt').read_bytes()
-    run_script('prepare.py', cwd=work)
+    run_script('prepare.py', f'--data_dir=data/{name}', f'--tokenizer=out/{name.replace("mnist_vlm", "vqvae").replace("seed_vlm", "vqvae_seed")}/ckpt.pt',
+               '--augment=1' if name == 'mnist_vlm' else '--augment=0', cwd=work)
     assert (d / 'train.txt').read_bytes() == before
 
 
@@ -70,9 +82,15 @@ def test_train_and_sample(work):
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/run', cwd=work)
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
-    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', cwd=work)
+    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', cwd=work)
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]
+    q = report['quality']
+    assert q['iter'] == 20 and q['generated'] == 300 and q['generation_validity'] == 1.0
+    assert 0 <= q['generation_fidelity'] <= 1 and len(q['generation_fidelity_per_digit']) == 10
+    assert q['reference_test_accuracy'] > 0.97 and q['reconstruction_fidelity'] > 0.5  # a real CNN, a 1-epoch tokenizer
+    assert q['generation_frechet'] > 0 and q['reconstruction_frechet'] > 0 and 1 <= q['distinct_generations'] <= 300
+    assert (work / 'out/reference_cnn.pt').is_file() and 'quality (reference CNN' in p.stdout
     for r in report['checkpoints']:
         assert r['n_test'] == 10000 and 0 <= r['classification_accuracy'] <= 1 and r['generation_validity'] == 1.0
         assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
@@ -87,7 +105,7 @@ def test_train_and_sample(work):
     from PIL import Image
     assert sorted(os.listdir(out / 'png'))[:2] == ['3_0000.png', '3_0001.png'] and len(os.listdir(out / 'png')) == 6
     assert Image.open(out / 'png' / '8_0002.png').size == (64, 64)
-    assert re.search(r'number:8, image:[A-Z]{8}\.', p.stdout)
+    assert re.search(rf'number:8, image:{CODE}{{16}}\.', p.stdout)
 
     p = run_script('sample.py', '--out_dir=out/run', '--mode=classify', '--image=0-2,7', cwd=work)
     assert len(re.findall(r'test\[\d+\]: \d \(true \d\)', p.stdout)) == 4
@@ -193,7 +211,7 @@ def test_clear_errors(work, tmp_path):
     assert 'is not the file data/mixed/meta.json describes' in error_line(run_script(
         'train.py', '--data_dir=data/mixed', cwd=work, check=False))
     # a checkpoint used with data prepared differently
-    run_script('prepare.py', '--block_size=40', '--data_dir=data/other', cwd=work)
+    run_script('prepare.py', '--block_size=48', '--data_dir=data/other', cwd=work)
     assert 'was trained on other data' in error_line(run_script(
         'sample.py', '--out_dir=out/err', '--data_dir=data/other', cwd=work, check=False))
     assert 'was trained on other data' in error_line(run_script(

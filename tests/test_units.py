@@ -8,8 +8,9 @@ import torch
 
 import configurator
 import vqvae
-from model import GPT, GPTConfig, VQVAE, atomic_write, load_checkpoint, save_checkpoint
-from prepare import DIGITS, PAD, Codec, training_pairs
+from model import FSQ, GPT, DigitCNN, GPTConfig, VQVAE, atomic_write, load_checkpoint, save_checkpoint
+from prepare import DIGITS, PAD, Codec, augmented, training_pairs
+from sample import frechet_distance
 
 
 # settings ---------------------------------------------------------------------------------------------
@@ -192,6 +193,21 @@ def test_kv_cache_gives_the_same_tokens():
     assert torch.allclose(part[:, -1], full[:, 19], atol=1e-5)
 
 
+def test_guidance_with_and_without_cache():
+    """Classifier-free guidance: the same tokens with and without the cache, and other tokens than
+    without guidance (the unconditional stream changes the distribution)."""
+    model = tiny_gpt()
+    codec = Codec(26, 8, 32)
+    idx, uncond = codec.generation_prompts(DIGITS), codec.image_prompts(10)
+    assert codec.decode(uncond[0]) == 'image:'
+    mask = codec.mask(codes=True)
+    run = lambda c, g: model.generate(idx, 8, allowed=mask, use_cache=c, generator=torch.Generator().manual_seed(1),
+                                      guidance=g, uncond=uncond)
+    guided = run(True, 2.0)
+    assert torch.equal(guided, run(False, 2.0)) and not torch.equal(guided, run(True, 0.0))
+    assert (guided[:, idx.size(1):] >= codec.code_offset).all()
+
+
 def test_next_token_probs_only_over_candidates():
     model = tiny_gpt()
     codec = Codec(26, 8, 32)
@@ -211,6 +227,63 @@ def test_vqvae_shapes_and_kmeans(tokens, codes):
     tok.quantizer.init_kmeans(z[:max(codes, 64 * tokens)], iters=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(tok.encode(x), tok.quantizer.codes(tok.encode_latents(x)))
     assert tok.decode(tok.encode(x)).shape == (64, 28, 28)
+
+
+def test_fsq_codes_round_trip():
+    q = FSQ((8, 5, 5, 5))
+    assert q.codebook_size == 1000
+    codes = torch.arange(1000)
+    v = q.vectors(codes)
+    assert v.shape == (1000, 4) and v.min() >= -1 and v.max() <= 1
+    assert len(set(map(tuple, v.tolist()))) == 1000  # every code its own vector
+    assert q.codes(torch.atanh(torch.rand(100000, 4) * 1.998 - 0.999)).unique().numel() == 1000  # all reachable
+    z = torch.randn(50, 7, 4, requires_grad=True)
+    zq, c, loss = q(z)
+    assert c.shape == (50, 7) and c.min() >= 0 and c.max() < 1000 and loss.item() == 0
+    assert torch.allclose(zq, q.vectors(c)) and torch.equal(c, q.codes(z))
+    zq.sum().backward()  # straight-through: the encoder gets a gradient
+    assert z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('grid, quantizer', [(4, 'fsq'), (7, 'fsq'), (4, 'vq')])
+def test_conv_tokenizer_grid(grid, quantizer):
+    torch.manual_seed(0)
+    tok = VQVAE(kind='conv', quantizer=quantizer, grid=grid, hidden=16, levels=(5, 3), codebook_size=40, latent_dim=6)
+    x = torch.rand(5, 28, 28)
+    recon, codes, loss = tok(x)
+    assert tok.tokens_per_image == grid * grid and codes.shape == (5, grid * grid)
+    assert tok.codebook_size == (15 if quantizer == 'fsq' else 40) and codes.max() < tok.codebook_size
+    assert recon.shape == x.shape and torch.equal(tok.encode(x), codes)
+    out = tok.decode(codes)
+    assert out.shape == x.shape and 0 <= out.min() <= out.max() <= 1
+    # raster order: changing the top-left corner of the image changes the first code, not the last
+    y = x.clone()
+    y[:, :6, :6] = 1 - y[:, :6, :6]
+    assert (tok.encode(y)[:, -1] == codes[:, -1]).all()
+
+
+def test_augmented_images_move_but_keep_ink():
+    x = torch.zeros(200, 28, 28)
+    x[:, 10:18, 12:16] = 1
+    y = augmented(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and 0 <= y.min() <= y.max() <= 1
+    assert not torch.equal(x, y)
+    assert (y.sum((1, 2)) / x.sum((1, 2)) - 1).abs().max() < 0.3  # moved, rotated, scaled a little
+    assert torch.equal(augmented(x, torch.Generator().manual_seed(0)), y)
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 5))
+    assert abs(frechet_distance(a, a)) < 1e-6
+    b = rng.normal(size=(4000, 5)) * 2 + 1  # N(1, 4I) vs N(0, I): 5 * 1 + 5 * (1 + 4 - 2 * 2) = 10
+    assert abs(frechet_distance(a, b) - 10) < 0.5
+
+
+def test_reference_cnn_shapes():
+    cnn = DigitCNN()
+    x = torch.rand(3, 28, 28)
+    assert cnn(x).shape == (3, 10) and cnn.features(x).shape == (3, 128)
 
 
 def test_checkpoints_are_atomic_and_safe(tmp_path):

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-from torch.distributed import destroy_process_group, init_process_group
+from torch.distributed import barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig, load_checkpoint, pick_device, save_checkpoint
@@ -252,5 +252,6 @@ while True:
         print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tokens/s, lr {lr:.2e}", flush=True)
 
-if ddp:
+if ddp:  # leave together: a process that tears down gloo while rank 0 still saves can abort (seen once in CI)
+    barrier()
     destroy_process_group()

@@ -159,7 +159,7 @@ def test_two_processes(work):
     p = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', os.path.join(REPO, 'train.py'), *TINY,
                               '--max_iters=20', '--eval_interval=10', '--out_dir=out/ddp'],
                        cwd=work, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert '2 process(es)' in p.stdout and 'step 20:' in p.stdout
     ddp = [torch.load(work / f'out/ddp/ckpt_{i}.pt', weights_only=True)['val_loss'] for i in (10, 20)]
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/single', cwd=work)

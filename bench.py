@@ -11,7 +11,8 @@ of `repeats` timed runs after a warm-up, with their min and max.
 - generate / generate_nocache: 10,000 label -> image samples (grammar-constrained, with sample.py's
   default classifier-free guidance) with the key/value cache and with nanoGPT's plain loop that
   re-reads the whole prefix at every step
-- classify: labels of the 10,000 test images; tokenizer_encode / tokenizer_decode: 10,000 images
+- classify: labels of the 10,000 test images read once; classify_views: with sample.py's default second
+  look at unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
 - pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
 """
 import json
@@ -28,7 +29,8 @@ import torch
 from model import load_tokenizer, pick_device
 from prepare import DIGITS, Codec, load_meta, load_split
 import sample
-from sample import generate_images, load_model
+from sample import generate_images, load_model, read_labels
+from vqvae import mnist_splits
 
 # -----------------------------------------------------------------------------
 device = 'auto'
@@ -40,7 +42,7 @@ batch_size = 1000
 train_configs = 'default,config/train_mnist_vlm_seed.py'
 train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
 pipeline = False               # also run the whole default pipeline (minutes) and time each stage
-mnist_dir = ''                 # for the pipeline: see vqvae.py
+mnist_dir = ''                 # MNIST for the pipeline and classify_views: see vqvae.py
 seed = 1337
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
@@ -122,11 +124,14 @@ def sampling():
     t_cache = report('generate', [n_samples / t for t in timed(lambda: gen(True))], 'images/s')
     t_plain = report('generate_nocache', [n_samples / t for t in timed(lambda: gen(False), max(1, repeats // 2))], 'images/s')
     print(json.dumps(dict(name='generate_cache_speedup', value=t_cache / t_plain, unit='x')), flush=True)
-    _, codes, _ = load_split(data_dir, 'test', meta)
-    prompts = codec.classification_prompts(codes[:n_samples], device)
+    _, codes, labels = load_split(data_dir, 'test', meta)
+    codes, labels = codes[:n_samples], labels[:n_samples]
     digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
-    report('classify', [len(prompts) / t for t in timed(lambda: model.next_token_probs(prompts, digit_ids, batch_size))],
-           'images/s', images=len(prompts))
+    test = torch.from_numpy(mnist_splits(mnist_dir)['test'][0][:n_samples]).to(device)
+    for name, views in (('classify', 1), ('classify_views', sample.views)):
+        read = lambda: read_labels(model, codec, tok, digit_ids, codes, test, views, sample.view_threshold, batch_size)
+        acc = (read().argmax(1).cpu() == labels).float().mean().item()
+        report(name, [len(codes) / t for t in timed(read)], 'images/s', images=len(codes), views=views, accuracy=acc)
     codes = codes[:n_samples].to(device)
     images = torch.cat([tok.decode(codes[i:i + batch_size]) for i in range(0, len(codes), batch_size)])
     report('tokenizer_encode', [len(images) / t for t in timed(lambda: [tok.encode(images[i:i + batch_size])

@@ -174,9 +174,10 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, kv_cache=None):
-        """Logits for every position with targets (and the mean loss over targets >= 0), else for the
-        last position only. kv_cache: a list of [k, v] per layer, extended in place."""
+    def forward(self, idx, targets=None, kv_cache=None, weights=None):
+        """Logits for every position with targets (and the mean loss over targets >= 0, weighted by
+        weights where given), else for the last position only. kv_cache: a list of [k, v] per layer,
+        extended in place."""
         B, T = idx.size()
         past = 0 if kv_cache is None or kv_cache[0][0] is None else kv_cache[0][0].size(2)
         assert past + T <= self.config.block_size, f"sequence of {past + T} > block size {self.config.block_size}"
@@ -187,7 +188,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                                   reduction='mean' if weights is None else 'none')
+            if weights is not None:
+                w = weights.reshape(-1) * (targets.reshape(-1) != -1)
+                loss = (loss * w).sum() / w.sum()
             return logits, loss
         return self.lm_head(x[:, [-1], :]), None
 

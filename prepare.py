@@ -155,6 +155,12 @@ def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1):
     return F.grid_sample(images[:, None], grid, align_corners=False)[:, 0].clamp(0, 1)
 
 
+def shifted(images, dx, dy):
+    """images (N, H, W) moved dx pixels right and dy down (|dx|, |dy| <= 2), zeros coming in."""
+    import torch.nn.functional as F
+    return torch.roll(F.pad(images, (2, 2, 2, 2)), (dy, dx), (1, 2))[:, 2:-2, 2:-2]
+
+
 def load_meta(data_dir):
     """meta.json of a prepared data_dir, or a one-line error saying to run prepare.py."""
     path = os.path.join(data_dir, 'meta.json')

@@ -33,7 +33,7 @@ from prepare import (DIGITS, PAD, Codec, check_data, data_signature, load_meta, 
 out_dir = 'out/mnist_vlm'
 data_dir = 'data/mnist_vlm'
 init_from = 'scratch'          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-eval_interval = 350
+eval_interval = 300
 log_interval = 50
 eval_iters = 5                 # batches per loss estimate
 eval_classify = 1000           # val images whose label is read at every evaluation
@@ -43,12 +43,14 @@ n_head = 4
 n_embd = 128
 dropout = 0.0                  # no overfitting in 2000 iterations: train and val loss stay together
 bias = False
+label_weight = 10.0            # loss weight of the label tokens: a label is 1 of ~33 targets of a sequence, so with 1
+                               # (plain next-token loss) reading gets little gradient; val accuracy at 700 its: 1: 0.9435, 10: 0.9667, 30: 0.9622
 embed_codes = True             # start each image code's embedding from its tokenizer latent vector
 # AdamW
 batch_size = 256               # sequences per optimizer step, over all processes and micro-steps
 gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
 learning_rate = 3e-3
-max_iters = 1400
+max_iters = 1200
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
@@ -56,7 +58,7 @@ grad_clip = 1.0                # 0 disables
 # learning rate: linear warm-up, then cosine decay to min_lr
 decay_lr = True
 warmup_iters = 100
-lr_decay_iters = 1400          # about max_iters, as in Chinchilla
+lr_decay_iters = 1200          # about max_iters, as in Chinchilla
 min_lr = 3e-4                  # about learning_rate / 10
 # system
 backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
@@ -229,7 +231,8 @@ while True:
         if ddp:  # sync gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with ctx:
-            _, loss = model(X, Y)
+            weights = None if label_weight == 1 else 1 + (label_weight - 1) * torch.isin(Y, digit_ids)
+            _, loss = model(X, Y, weights=weights)
             loss = loss / gradient_accumulation_steps
         X, Y = get_batch('train', iter_num + 1 if micro_step == gradient_accumulation_steps - 1
                          else (iter_num, micro_step + 1))  # prefetch the next batch while the GPU works

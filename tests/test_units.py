@@ -9,8 +9,8 @@ import torch
 import configurator
 import vqvae
 from model import FSQ, GPT, DigitCNN, GPTConfig, VQVAE, atomic_write, load_checkpoint, save_checkpoint
-from prepare import DIGITS, PAD, Codec, augmented, training_pairs
-from sample import frechet_distance
+from prepare import DIGITS, PAD, Codec, augmented, shifted, training_pairs
+from sample import frechet_distance, read_labels
 
 
 # settings ---------------------------------------------------------------------------------------------
@@ -208,12 +208,45 @@ def test_guidance_with_and_without_cache():
     assert (guided[:, idx.size(1):] >= codec.code_offset).all()
 
 
+def test_weighted_loss():
+    """weights of ones give the plain loss; padding targets (-1) stay out whatever their weight."""
+    model = tiny_gpt()
+    x, y = torch.randint(50, (4, 16)), torch.randint(50, (4, 16))
+    y[:, -3:] = -1
+    plain = model(x, y)[1]
+    assert torch.allclose(model(x, y, weights=torch.ones(4, 16))[1], plain)
+    w = torch.ones(4, 16)
+    w[:, -3:] = 100.0
+    assert torch.allclose(model(x, y, weights=w)[1], plain)
+    w[:, 0] = 10.0
+    assert not torch.allclose(model(x, y, weights=w)[1], plain)
+
+
 def test_next_token_probs_only_over_candidates():
     model = tiny_gpt()
     codec = Codec(26, 8, 32)
     idx = codec.classification_prompts([[0] * 8] * 3)
     p = model.next_token_probs(idx, torch.tensor(codec.encode(DIGITS)), batch_size=2)
     assert p.shape == (3, 10) and torch.allclose(p.sum(1), torch.ones(3))
+
+
+def test_read_labels_second_look():
+    """Only images read below the threshold get the extra views; threshold 0 is one plain reading."""
+    torch.manual_seed(0)
+    model, tok = tiny_gpt(vocab_size=26 + 1000), VQVAE(kind='conv', quantizer='fsq', hidden=16).eval()
+    codec = Codec(1000, 16, 40)
+    x = torch.rand(6, 28, 28)
+    codes, digit_ids = tok.encode(x), torch.tensor(codec.encode(DIGITS))
+    once = model.next_token_probs(codec.classification_prompts(codes), digit_ids)
+    assert torch.allclose(read_labels(model, codec, tok, digit_ids, codes, x, views=5, threshold=0.0), once)
+    again = read_labels(model, codec, tok, digit_ids, codes, x, views=5, threshold=1.0, batch_size=4)
+    assert again.shape == (6, 10) and torch.allclose(again.sum(1), torch.ones(6)) and not torch.allclose(again, once)
+
+
+def test_shifted_moves_pixels():
+    x = torch.zeros(1, 28, 28)
+    x[0, 10, 12] = 1
+    assert shifted(x, 1, 0)[0, 10, 13] == 1 and shifted(x, 0, -1)[0, 9, 12] == 1 and shifted(x, 0, 0).equal(x)
 
 
 @pytest.mark.parametrize('tokens, codes', [(8, 26), (4, 300)])

@@ -225,7 +225,18 @@ def checkpoint_paths():
                    key=lambda p: int(re.findall(r'\d+', os.path.basename(p))[0]))
     if not paths:
         raise SystemExit(f"error: no ckpt_{{iter}}.pt in {out_dir}: run train.py first")
-    return paths
+
+    def run(p):  # train.py stamps every checkpoint with its run; mmap reads only what is asked for
+        try:
+            return torch.load(p, map_location='cpu', weights_only=True, mmap=True).get('run')
+        except Exception:
+            return None  # load_model says what is wrong with it, if it is evaluated
+    newest = run(max(paths, key=os.path.getmtime))
+    kept = [p for p in paths if run(p) == newest]
+    if len(kept) < len(paths):
+        print(f"evaluating the newest run in {out_dir} ({len(kept)} checkpoints); left out, from other runs: "
+              + ', '.join(os.path.basename(p) for p in paths if p not in kept))
+    return kept
 
 
 def plot_accuracy(results, path):

@@ -125,6 +125,7 @@ def get_batch(split, it):
 
 # model
 iter_num, best_val_loss = 0, 1e9
+run = f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}"  # tells this run's ckpt_{iter}.pt from older ones in out_dir
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=meta['block_size'],
                   bias=bias, vocab_size=codec.vocab_size, dropout=dropout)
 if init_from == 'resume':
@@ -138,6 +139,7 @@ model = GPT(GPTConfig(**model_args))
 if init_from == 'resume':
     model.load_state_dict(checkpoint['model'])
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    run = checkpoint.get('run', run)
 else:
     if embed_codes:  # a fixed random projection of the code vectors: similar codes start out similar
         path = os.path.join(data_dir, 'code_vectors.npy')
@@ -218,7 +220,7 @@ while True:
         print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}, "
               f"val accuracy {ev['val_accuracy']:.4f} [{elapsed:.0f}s]", flush=True)
         best_val_loss = min(best_val_loss, ev['val'])
-        info = dict(iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
+        info = dict(run=run, iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
                     val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
         save_checkpoint(dict(model=raw_model.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
         save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),

@@ -79,12 +79,14 @@ def test_prepared_data(work, name, block, tokens, vocab, code, train):
 
 
 def test_train_and_sample(work):
+    run_script('train.py', *TINY, '--max_iters=30', '--eval_interval=15', '--out_dir=out/run', cwd=work)  # an older run
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/run', cwd=work)
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
     p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', cwd=work)
     report = json.loads((out / 'eval.json').read_text())
-    assert [r['iter'] for r in report['checkpoints']] == [10, 20]
+    assert [r['iter'] for r in report['checkpoints']] == [10, 20]  # the newest run's only
+    assert 'left out, from other runs: ckpt_15.pt, ckpt_30.pt' in p.stdout
     q = report['quality']
     assert q['iter'] == 20 and q['generated'] == 300 and q['generation_validity'] == 1.0
     assert 0 <= q['generation_fidelity'] <= 1 and len(q['generation_fidelity_per_digit']) == 10
@@ -131,6 +133,8 @@ def test_resume_continues_exactly(work):
     a = torch.load(work / 'out/straight/ckpt_40.pt', weights_only=True)['model']
     b = torch.load(work / 'out/resumed/ckpt_40.pt', weights_only=True)['model']
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    runs = [torch.load(work / f'out/resumed/ckpt_{i}.pt', weights_only=True)['run'] for i in (20, 40)]
+    assert runs[0] == runs[1]  # a resumed run is the same run
 
 
 def test_killed_run_resumes(work):

@@ -1,7 +1,7 @@
 """
 Train the multimodal GPT on the sequences prepare.py wrote. One process:
 
-    python train.py                                   # the default: small, about 8 minutes on 2 CPU cores
+    python train.py                                   # the default: small, about 8 to 10 minutes on 2 CPU cores
     python train.py config/train_mnist_vlm_seed.py    # the published setting (14M parameters)
 
 Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGPT:

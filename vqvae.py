@@ -7,7 +7,7 @@ MNIST train[:50000] with early stopping on train[50000:], and report it on MNIST
     python vqvae.py config/vqvae_seed.py       # the published MLP tokenizer: 8 tokens from 26 codes
 
 FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and needs no
-auxiliary losses; the default (4 epochs, 48 s on 2 CPU cores) gave 20.6 dB, codebook perplexity 733 of
+auxiliary losses; the default (4 epochs, 48 to 88 s on 2 CPU cores) gave 20.6 dB, codebook perplexity 733 of
 1000 and 2 codes unused on train. (A k-means-initialised learned codebook on the conv encoder was not
 compared.)
 

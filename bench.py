@@ -5,7 +5,7 @@ of `repeats` timed runs after a warm-up, with their min and max.
     python bench.py                  # needs the default pipeline's outputs (out/vqvae, data/mnist_vlm, out/mnist_vlm)
     python bench.py --pipeline=True --mnist_dir=../shared/mnist   # first run the four scripts here, timed
 
-- matmul_peak: the device's dense float32 matmul rate, the yardstick for model FLOPs utilisation (MFU)
+- matmul_peak: the device's dense matmul rate in train.py's dtype, the yardstick for model FLOPs utilisation (MFU)
 - train_*: train.py itself, run for a few iterations with the default config and the published one
   (config/train_mnist_vlm_seed.py); tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
 - generate / generate_nocache: 10,000 label -> image samples (grammar-constrained, with sample.py's
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from model import load_tokenizer, pick_device
+from model import load_tokenizer, pick_device, pick_dtype
 from prepare import DIGITS, Codec, load_meta, load_split
 import sample
 from sample import generate_images, load_model, read_labels
@@ -78,13 +78,15 @@ def report(name, values, unit, **extra):
 
 
 def matmul_peak(name='matmul_peak'):
+    """Dense matmul rate in the dtype train.py computes in by default (bfloat16 where native)."""
     n = 4096 if device.startswith('cuda') else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    dt = getattr(torch, pick_dtype(device))
+    a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
     reps = 20 if device.startswith('cuda') else 3
     def f():
         for _ in range(reps):
             a @ b
-    return report(name, [2 * n ** 3 * reps / t / 1e9 for t in timed(f)], 'GFLOP/s', size=n)
+    return report(name, [2 * n ** 3 * reps / t / 1e9 for t in timed(f)], 'GFLOP/s', size=n, dtype=str(dt))
 
 
 def train_throughput(cfg):
@@ -117,7 +119,7 @@ def sampling():
     codec = Codec.from_meta(meta)
     tok, _ = load_tokenizer(meta['tokenizer'])
     tok.to(device)
-    model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device)
+    model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device, pick_dtype(device, sample.dtype))
     labels = [DIGITS[i % 10] for i in range(n_samples)]
     gen = lambda cache: generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed),
                                         batch_size=batch_size, use_cache=cache, guidance=sample.guidance)

@@ -56,6 +56,28 @@ def pick_device(device='auto'):
     return 'cpu'
 
 
+def native_bf16(device):
+    """Does the device compute bfloat16 natively? cuda: Ampere or newer; a CPU: AVX512-BF16 or AMX (on
+    such a 2-core AMD EPYC, bfloat16 matmuls ran 2.2-3.8x the float32 rate, measured; elsewhere the
+    CPU emulates it, slower than float32)."""
+    if device.startswith('cuda'):
+        return torch.cuda.is_bf16_supported()
+    if device == 'cpu' and os.path.isfile('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            flags = next((line for line in f if line.startswith('flags')), '').split()
+        return 'avx512_bf16' in flags or 'amx_bf16' in flags
+    return False
+
+
+def pick_dtype(device, dtype='auto'):
+    """'auto' -> 'bfloat16' where the device computes it natively (native_bf16), else 'float32'."""
+    if dtype == 'auto':
+        return 'bfloat16' if native_bf16(device) else 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise SystemExit(f"error: dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
+    return dtype
+
+
 def load_checkpoint(path, what, hint=''):
     """torch.load with weights_only=True, and a one-line error for a missing or unreadable file."""
     if not os.path.isfile(path):
@@ -94,7 +116,14 @@ class CausalSelfAttention(nn.Module):
                 v = torch.cat([cache[1], v], dim=2)
             cache[0], cache[1] = k, v
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if past == 0 and x.device.type == 'cpu' and q.dtype == torch.bfloat16:
+            # the CPU's fused attention is 4x slower than plain matmuls backward in bfloat16 at these
+            # sizes (256x4x32x32: 34 ms against 6 ms, measured), so spell it out as nanoGPT's fallback does
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=x.device).tril(), float('-inf'))
+            att = F.dropout(F.softmax(att.float(), dim=-1).to(v.dtype), dropout, self.training)
+            y = att @ v
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         elif T == 1:  # one new token attends to everything before it
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -141,6 +170,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
+    code_offset: int = 0     # token id of image code 0; codes run to the end of the vocabulary
+    code_features: int = 0   # width of each code's fixed feature vector (0: codes are plain tokens)
 
 
 class GPT(nn.Module):
@@ -157,6 +188,9 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2016)
+        if config.code_features:  # filled from the tokenizer by train.py, saved with the weights
+            self.register_buffer('code_features', torch.zeros(config.vocab_size - config.code_offset, config.code_features))
+            self.code_proj = nn.Linear(config.code_features, config.n_embd, bias=False)
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
             if pn.endswith('c_proj.weight'):
@@ -174,6 +208,18 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
+    def embeddings(self):
+        """The (vocab_size, n_embd) token embeddings, which are also the output layer (tied). With
+        code_features, image code i's row is its own vector plus a learned map of its fixed features
+        (FSQ: its level in each channel), so codes that are near in the tokenizer are near here too and a
+        rare code borrows what its neighbours learned; at the output, a code's logit is likewise a sum
+        over its channels' levels plus its own part."""
+        w = self.transformer.wte.weight
+        if not self.config.code_features:
+            return w
+        off = self.config.code_offset
+        return torch.cat([w[:off], w[off:] + self.code_proj(self.code_features).to(w.dtype)])
+
     def forward(self, idx, targets=None, kv_cache=None, weights=None):
         """Logits for every position with targets (and the mean loss over targets >= 0, weighted by
         weights where given), else for the last position only. kv_cache: a list of [k, v] per layer,
@@ -182,19 +228,20 @@ class GPT(nn.Module):
         past = 0 if kv_cache is None or kv_cache[0][0] is None else kv_cache[0][0].size(2)
         assert past + T <= self.config.block_size, f"sequence of {past + T} > block size {self.config.block_size}"
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        emb = self.embeddings()
+        x = self.transformer.drop(F.embedding(idx, emb) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_cache is None else kv_cache[i])
         x = self.transformer.ln_f(x)
         if targets is not None:
-            logits = self.lm_head(x)
+            logits = F.linear(x, emb)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                    reduction='mean' if weights is None else 'none')
             if weights is not None:
                 w = weights.reshape(-1) * (targets.reshape(-1) != -1)
                 loss = (loss * w).sum() / w.sum()
             return logits, loss
-        return self.lm_head(x[:, [-1], :]), None
+        return F.linear(x[:, [-1], :], emb), None
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on matrices only (not on biases and norms), as nanoGPT."""
@@ -277,6 +324,11 @@ class VectorQuantizer(nn.Module):
     def vectors(self, codes):
         return self.codebook[codes]
 
+    @torch.no_grad()
+    def features(self):
+        """(codebook_size, code_dim): the codebook, standardised per dimension (see GPT.embeddings)."""
+        return (self.codebook - self.codebook.mean(0)) / (self.codebook.std(0) + 1e-8)
+
     def forward(self, z):
         codes = self.codes(z)
         zq = self.codebook[codes]
@@ -327,6 +379,16 @@ class FSQ(nn.Module):
         digits = (codes[..., None] // self.basis) % self.levels
         return (digits - self.levels // 2).float() / (self.levels // 2).float()
 
+    def features(self):
+        """(codebook_size, D + sum(levels)): each code's vector, standardised, and its level in each channel,
+        one-hot, so that codes which are near or share a level share that part of a language model's
+        embedding (see GPT.embeddings)."""
+        codes = torch.arange(self.codebook_size, device=self.levels.device)
+        digits = (codes[:, None] // self.basis) % self.levels
+        v = self.vectors(codes)
+        return torch.cat([(v - v.mean(0)) / v.std(0)] + [F.one_hot(digits[:, i], int(n)).float()
+                                                         for i, n in enumerate(self.levels)], 1)
+
     def _index(self, q):
         """integer levels (..., D) -> code (...), the mixed-radix number."""
         return (q.detach().round().long() * self.basis).sum(-1)
@@ -348,17 +410,20 @@ class VQVAE(nn.Module):
     chunks, each snapped to one of codebook_size codes, MLP decoder with a sigmoid.
     kind='conv' is a small convolutional encoder/decoder (stride-2 convolutions, as in the VQ-VAE
     paper) that maps the image to a grid x grid map of codes read in raster order: each token is a
-    place in the image. grid is 7 (two stride-2 steps) or 4 (three). Its output is linear, clamped
-    to [0, 1] when decoding: with a sigmoid there the FSQ encoder saturated and every image got the
-    same code within 300 steps (measured).
-    quantizer='vq' is a learned codebook (k-means initialised by vqvae.py); 'fsq' is FSQ with levels."""
+    place in the image. grid is 7 (two stride-2 steps) or 4 (three).
+    quantizer='vq' is a learned codebook (k-means initialised by vqvae.py); 'fsq' is FSQ with levels.
+    loss='mse': squared error against the decoder's output (the published MLP's ends in a sigmoid; the
+    conv decoder's is linear, clamped to [0, 1] when decoding: through a sigmoid, squared error made
+    every image the same FSQ code within 300 steps, measured). loss='bce': the decoder's outputs are
+    the logits of Bernoulli pixels (MNIST is nearly binary; Kingma & Welling 2013 model it so), trained
+    by binary cross-entropy; sharper digits (measured below, in vqvae.py)."""
 
     def __init__(self, kind='mlp', quantizer='vq', image_size=28, hidden=128, latent_dim=32,
-                 tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=4):
+                 tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=4, loss='mse'):
         super().__init__()
-        if kind not in ('mlp', 'conv') or quantizer not in ('vq', 'fsq'):
-            raise SystemExit(f"error: tokenizer kind must be 'mlp' or 'conv' and quantizer 'vq' or 'fsq', "
-                             f"got {kind!r} and {quantizer!r}")
+        if kind not in ('mlp', 'conv') or quantizer not in ('vq', 'fsq') or loss not in ('mse', 'bce'):
+            raise SystemExit(f"error: tokenizer kind must be 'mlp' or 'conv', quantizer 'vq' or 'fsq' and loss "
+                             f"'mse' or 'bce', got {kind!r}, {quantizer!r} and {loss!r}")
         if quantizer == 'fsq':
             self.quantizer = FSQ(levels)
             codebook_size, code_dim = self.quantizer.codebook_size, len(levels)
@@ -376,14 +441,15 @@ class VQVAE(nn.Module):
             self.quantizer = VectorQuantizer(codebook_size, code_dim, beta)
         self.model_args = dict(kind=kind, quantizer=quantizer, image_size=image_size, hidden=hidden,
                                latent_dim=latent_dim, tokens_per_image=tokens_per_image,
-                               codebook_size=codebook_size, beta=beta, levels=list(levels), grid=grid)
-        self.kind, self.image_size, self.grid = kind, image_size, grid
+                               codebook_size=codebook_size, beta=beta, levels=list(levels), grid=grid, loss=loss)
+        self.kind, self.image_size, self.grid, self.loss = kind, image_size, grid, loss
         self.tokens_per_image, self.codebook_size, self.code_dim = tokens_per_image, codebook_size, code_dim
         n, h = image_size * image_size, hidden
         if kind == 'mlp':
             zdim = code_dim * tokens_per_image
             self.encoder = nn.Sequential(nn.Linear(n, h), nn.ReLU(), nn.Linear(h, zdim), nn.ReLU())
-            self.decoder = nn.Sequential(nn.Linear(zdim, h), nn.ReLU(), nn.Linear(h, n), nn.Sigmoid())
+            self.decoder = nn.Sequential(nn.Linear(zdim, h), nn.ReLU(), nn.Linear(h, n),
+                                         *([nn.Sigmoid()] if loss == 'mse' else []))
         else:
             down = [nn.Conv2d(1, h // 2, 4, 2, 1), nn.ReLU(), nn.Conv2d(h // 2, h, 4, 2, 1), nn.ReLU()]  # 28->14->7
             up = [nn.ConvTranspose2d(h, h // 2, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(h // 2, 1, 4, 2, 1)]
@@ -406,10 +472,17 @@ class VQVAE(nn.Module):
             return self.decoder(zq.reshape(B, -1)).view(B, self.image_size, self.image_size)
         return self.decoder(zq.transpose(1, 2).reshape(B, -1, self.grid, self.grid))[:, 0]
 
+    def to_image(self, out):
+        """decoder output -> image in [0, 1]."""
+        return torch.sigmoid(out) if self.loss == 'bce' else out.clamp(0, 1)
+
     def forward(self, x):
-        """-> reconstruction (B, H, W), codes (B, tokens_per_image), quantiser loss."""
+        """-> reconstruction (B, H, W) in [0, 1], codes (B, tokens_per_image), loss (reconstruction +
+        quantiser)."""
         zq, codes, q_loss = self.quantizer(self.encode_latents(x))
-        return self.decode_latents(zq), codes, q_loss
+        out = self.decode_latents(zq).float()
+        rec_loss = F.binary_cross_entropy_with_logits(out, x) if self.loss == 'bce' else F.mse_loss(out, x)
+        return self.to_image(out), codes, rec_loss + q_loss
 
     @torch.no_grad()
     def encode(self, x):
@@ -419,7 +492,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode(self, codes):
         """codes (B, tokens_per_image) -> images (B, H, W) in [0, 1]."""
-        return self.decode_latents(self.quantizer.vectors(codes)).clamp(0, 1)
+        return self.to_image(self.decode_latents(self.quantizer.vectors(codes)))
 
 
 class DigitCNN(nn.Module):

@@ -306,10 +306,9 @@ if __name__ == '__main__':
         print(f"{split}: {len(lines)} sequences ({counts[split]['generation']} generation), e.g. {lines[0]}")
         if split == 'train':
             draw_logo(codes, labels, codec, os.path.join(data_dir, 'logo.png'))
-    with torch.no_grad():  # each code's latent vector, from which train.py can initialise its embedding
-        vectors = tok.quantizer.vectors(torch.arange(codec.codebook_size)).numpy().astype(np.float32)
-    atomic_write(os.path.join(data_dir, 'code_vectors.npy'), lambda tmp: np.save(tmp, vectors))
-    files['code_vectors.npy'] = sha256_file(os.path.join(data_dir, 'code_vectors.npy'))
+    features = tok.quantizer.features().numpy().astype(np.float32)  # each code's features, for GPT.embeddings
+    atomic_write(os.path.join(data_dir, 'code_features.npy'), lambda tmp: np.save(tmp, features))
+    files['code_features.npy'] = sha256_file(os.path.join(data_dir, 'code_features.npy'))
     meta = dict(vocab=codec.itos, vocab_size=codec.vocab_size, block_size=block_size,
                 tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size,
                 code_offset=codec.code_offset, tokenizer=tokenizer, tokenizer_sha256=sha256_file(tokenizer),

@@ -24,7 +24,7 @@ import torch
 from torch.distributed import barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig, load_checkpoint, pick_device, save_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, pick_device, pick_dtype, save_checkpoint
 from prepare import (DIGITS, PAD, Codec, check_data, data_signature, load_meta, load_split, sha256_file,
                      training_pairs)
 
@@ -45,7 +45,7 @@ dropout = 0.0                  # no overfitting in 2000 iterations: train and va
 bias = False
 label_weight = 10.0            # loss weight of the label tokens: a label is 1 of ~33 targets of a sequence, so with 1
                                # (plain next-token loss) reading gets little gradient; val accuracy at 700 its: 1: 0.9435, 10: 0.9667, 30: 0.9622
-embed_codes = True             # start each image code's embedding from its tokenizer latent vector
+embed_codes = True             # image-code embeddings share structure through the codes' features (GPT.embeddings)
 # AdamW
 batch_size = 256               # sequences per optimizer step, over all processes and micro-steps
 gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
@@ -63,7 +63,8 @@ min_lr = 3e-4                  # about learning_rate / 10
 # system
 backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
 device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'                 # 'auto' = bfloat16 where cuda supports it, else float32; or 'float16'
+dtype = 'auto'                 # 'auto' = bfloat16 where the device computes it natively (model.native_bf16), else
+                               # float32; or 'float16'. bfloat16 autocast on this 2-core CPU: 240-270 against 420-480 ms/iter
 compile = False                # torch.compile the model (on a 2-core CPU it did not pay: 255 vs 235 ms/iter, +28 s)
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -91,10 +92,8 @@ if micro_batch * world_size * gradient_accumulation_steps != batch_size:
     raise SystemExit(f"error: batch_size {batch_size} must divide into {world_size} processes x "
                      f"{gradient_accumulation_steps} accumulation steps")
 device_type = 'cuda' if device.startswith('cuda') else device
-if dtype == 'auto':
-    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type != 'cuda' or dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)
+dtype = pick_dtype(device, dtype)  # mixed precision: weights and optimizer state stay float32
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=getattr(torch, dtype))
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -126,13 +125,19 @@ def get_batch(split, it):
 # model
 iter_num, best_val_loss = 0, 1e9
 run = f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}"  # tells this run's ckpt_{iter}.pt from older ones in out_dir
+if embed_codes:
+    path = os.path.join(data_dir, 'code_features.npy')
+    if not os.path.isfile(path) or meta['files'].get('code_features.npy') != sha256_file(path):
+        raise SystemExit(f"error: {path} is missing or not the file {data_dir}/meta.json describes: run prepare.py again")
+    code_features = torch.from_numpy(np.load(path))
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=meta['block_size'],
-                  bias=bias, vocab_size=codec.vocab_size, dropout=dropout)
+                  bias=bias, vocab_size=codec.vocab_size, dropout=dropout, code_offset=codec.code_offset,
+                  code_features=code_features.size(1) if embed_codes else 0)
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     checkpoint = load_checkpoint(ckpt_path, 'checkpoint to resume', 'train without --init_from=resume first')
     check_data(checkpoint, meta, ckpt_path, data_dir)
-    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'code_offset', 'code_features'):
         model_args[k] = checkpoint['model_args'][k]
     print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
 model = GPT(GPTConfig(**model_args))
@@ -140,16 +145,8 @@ if init_from == 'resume':
     model.load_state_dict(checkpoint['model'])
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     run = checkpoint.get('run', run)
-else:
-    if embed_codes:  # a fixed random projection of the code vectors: similar codes start out similar
-        path = os.path.join(data_dir, 'code_vectors.npy')
-        if meta['files'].get('code_vectors.npy') != sha256_file(path):
-            raise SystemExit(f"error: {path} is missing or not the file {data_dir}/meta.json describes: run prepare.py again")
-        v = torch.from_numpy(np.load(path))
-        v = (v - v.mean(0)) / (v.std(0) + 1e-8)
-        proj = torch.randn(v.size(1), n_embd, generator=torch.Generator().manual_seed(seed)) / v.size(1) ** 0.5
-        with torch.no_grad():
-            model.transformer.wte.weight[codec.code_offset:] += 0.02 * v @ proj
+elif embed_codes:
+    model.code_features.copy_(code_features)
 model.to(device)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)

@@ -17,17 +17,19 @@ other scripts import.
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
 import urllib.request
 import zlib
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from model import VQVAE, atomic_write, pick_device, save_checkpoint
+from model import VQVAE, atomic_write, pick_device, pick_dtype, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config values: a convolutional tokenizer with finite scalar quantisation (FSQ)
@@ -42,13 +44,16 @@ latent_dim = 32            # vq: mlp: the whole latent, cut into tokens_per_imag
 tokens_per_image = 8       # mlp only (conv has grid * grid)
 codebook_size = 26         # vq only: 26 or fewer codes become the letters A..Z
 beta = 0.25                # vq only: commitment cost
+loss = 'bce'               # 'bce': pixels as Bernoulli logits; 'mse': squared error (the published MLP's)
 learning_rate = 1e-3       # Adam
+warmup_iters = 200         # linear learning-rate warm-up (with bce, no warm-up collapsed every image to one code)
 batch_size = 128
 max_epochs = 4
 patience = 5               # early stopping: epochs without a better validation loss
 kmeans_samples = 10000     # vq: encoder outputs of this many training images initialise the codebook
 seed = 1337
 device = 'auto'            # 'auto' picks cuda, then mps, then cpu
+dtype = 'auto'             # training: bfloat16 autocast where native (model.native_bf16), else float32
 # -----------------------------------------------------------------------------
 
 # MNIST (Y. LeCun, C. Cortes, C. J. C. Burges). The SHA-256 are of the decompressed IDX files, which
@@ -198,7 +203,11 @@ if __name__ == '__main__':
     except ValueError:
         raise SystemExit(f"error: levels must be integers separated by commas, like 8,5,5,5; got {levels!r}")
     tok = VQVAE(kind=kind, quantizer=quantizer, hidden=hidden, latent_dim=latent_dim, tokens_per_image=tokens_per_image,
-                codebook_size=codebook_size, beta=beta, levels=levels_, grid=grid).to(device)
+                codebook_size=codebook_size, beta=beta, levels=levels_, grid=grid, loss=loss).to(device)
+    if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
+        with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
+            mean = train.mean().item()
+            tok.decoder[-1].bias.fill_(math.log(mean / (1 - mean)))
     if quantizer == 'vq':
         with torch.no_grad():  # k-means initialisation of the codebook on the untrained encoder's outputs
             sample = train[torch.randperm(len(train), generator=g)[:kmeans_samples].to(device)]
@@ -207,32 +216,37 @@ if __name__ == '__main__':
     print(f"{kind} tokenizer, {quantizer}: {tok.tokens_per_image} tokens per image from {tok.codebook_size} codes, "
           f"{sum(p.numel() for p in tok.parameters()):,} parameters", flush=True)
     optimizer = torch.optim.Adam(tok.parameters(), lr=learning_rate)
+    dtype = pick_dtype(device, dtype)
+    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device.split(':')[0], dtype=getattr(torch, dtype))
 
     @torch.no_grad()
     def val_loss():
         tok.eval()
-        recon, _, vq = tok(val)
+        with ctx:
+            vl = sum(tok(val[i:i + 2000])[2].item() * len(val[i:i + 2000]) for i in range(0, len(val), 2000)) / len(val)
         tok.train()
-        return (F.mse_loss(recon, val) + vq).item()
+        return vl
 
-    best, best_state, bad_epochs = float('inf'), None, 0
+    best, best_state, bad_epochs, step = float('inf'), None, 0, 0
     for epoch in range(max_epochs):
         tok.train()
         perm = torch.randperm(len(train), generator=g).to(device)
         for i in range(0, len(train), batch_size):
-            x = train[perm[i:i + batch_size]]
-            recon, _, vq = tok(x)
-            loss = F.mse_loss(recon, x) + vq
+            for group in optimizer.param_groups:
+                group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
+            with ctx:
+                _, _, batch_loss = tok(train[perm[i:i + batch_size]])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             optimizer.step()
+            step += 1
         vl = val_loss()
         if vl < best - 1e-6:
             best, bad_epochs = vl, 0
             best_state = {k: v.detach().clone() for k, v in tok.state_dict().items()}
         else:
             bad_epochs += 1
-        print(f"epoch {epoch + 1}: train loss {loss.item():.4f}, val loss {vl:.4f}"
+        print(f"epoch {epoch + 1}: train loss {batch_loss.item():.4f}, val loss {vl:.4f}"
               f"{'' if bad_epochs else ' (best)'} [{time.time() - t0:.0f}s]", flush=True)
         if bad_epochs >= patience:
             print(f"early stop: no better validation loss for {patience} epochs")

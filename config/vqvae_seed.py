@@ -11,3 +11,5 @@ codebook_size = 26
 beta = 0.25
 learning_rate = 2e-4
 max_epochs = 200
+warmup_iters = 0
+loss = 'mse'

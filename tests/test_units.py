@@ -5,10 +5,11 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import configurator
 import vqvae
-from model import FSQ, GPT, DigitCNN, GPTConfig, VQVAE, atomic_write, load_checkpoint, save_checkpoint
+from model import FSQ, GPT, DigitCNN, GPTConfig, VQVAE, atomic_write, load_checkpoint, pick_dtype, save_checkpoint
 from prepare import DIGITS, PAD, Codec, augmented, shifted, training_pairs
 from sample import frechet_distance, read_labels
 
@@ -222,6 +223,46 @@ def test_weighted_loss():
     assert not torch.allclose(model(x, y, weights=w)[1], plain)
 
 
+def test_code_features_tie_codes_together():
+    """GPT.embeddings: with code_features, codes with the same features get the same learned part, text
+    tokens none; the buffer travels in the state dict; logits use the same (tied) matrix."""
+    torch.manual_seed(0)
+    q = FSQ((5, 3))
+    feats = q.features()
+    assert feats.shape == (15, 2 + 5 + 3) and torch.equal(feats[:, 2:].sum(1), torch.full((15,), 2.0))
+    cfg = GPTConfig(block_size=32, vocab_size=24 + 15, n_layer=1, n_head=2, n_embd=32, code_offset=24,
+                    code_features=feats.size(1))
+    model = GPT(cfg).eval()
+    model.code_features.copy_(feats)
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+    emb = model.embeddings()
+    assert emb.shape == (39, 32) and (emb[:24] == 0).all() and (emb[24:].abs().sum(1) > 0).all()
+    assert torch.allclose(emb[24:], model.code_proj(feats))
+    other = GPT(cfg)
+    other.load_state_dict(model.state_dict())
+    assert torch.equal(other.code_features, feats)
+    x = torch.randint(39, (2, 10))
+    logits, _ = model(x, torch.zeros_like(x))
+    h = model.transformer.ln_f(model.transformer.h[0](F.embedding(x, emb) + model.transformer.wpe(torch.arange(10))))
+    assert torch.allclose(logits, h @ emb.t(), atol=1e-5)
+
+
+def test_bfloat16_attention_matches():
+    """On a CPU in bfloat16 the attention is spelled out (faster backward); it must agree with the fused
+    kernel, and with the key/value cache."""
+    model = tiny_gpt()
+    x = torch.randint(50, (4, 20))
+    ref, _ = model(x, torch.zeros_like(x))
+    model16 = tiny_gpt().to(torch.bfloat16)
+    out, _ = model16(x, torch.zeros_like(x))
+    assert (out.float() - ref).abs().max() < 0.05
+    cache = [[None, None] for _ in model16.transformer.h]
+    model16(x[:, :12], kv_cache=cache)
+    part, _ = model16(x[:, 12:], kv_cache=cache)
+    assert (part[:, -1].float() - ref[:, -1]).abs().max() < 0.05
+
+
 def test_next_token_probs_only_over_candidates():
     model = tiny_gpt()
     codec = Codec(26, 8, 32)
@@ -260,6 +301,19 @@ def test_vqvae_shapes_and_kmeans(tokens, codes):
     tok.quantizer.init_kmeans(z[:max(codes, 64 * tokens)], iters=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(tok.encode(x), tok.quantizer.codes(tok.encode_latents(x)))
     assert tok.decode(tok.encode(x)).shape == (64, 28, 28)
+
+
+@pytest.mark.parametrize('kind', ['conv', 'mlp'])
+def test_vqvae_bce_decodes_logits(kind):
+    torch.manual_seed(0)
+    tok = VQVAE(kind=kind, quantizer='fsq', hidden=16, levels=(5, 3), tokens_per_image=4, loss='bce')
+    x = (torch.rand(5, 28, 28) > 0.8).float()
+    recon, codes, loss = tok(x)
+    assert 0 < recon.min() <= recon.max() < 1 and loss.item() > 0
+    assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy(recon, x), atol=1e-4)
+    assert torch.allclose(tok.decode(codes), recon, atol=1e-6)
+    with pytest.raises(SystemExit, match="loss 'mse' or 'bce'"):
+        VQVAE(kind=kind, loss='l1')
 
 
 def test_fsq_codes_round_trip():
@@ -317,6 +371,13 @@ def test_reference_cnn_shapes():
     cnn = DigitCNN()
     x = torch.rand(3, 28, 28)
     assert cnn(x).shape == (3, 10) and cnn.features(x).shape == (3, 128)
+
+
+def test_pick_dtype():
+    assert pick_dtype('cpu') in ('float32', 'bfloat16') and pick_dtype('mps') == 'float32'
+    assert pick_dtype('cpu', 'float32') == 'float32'
+    with pytest.raises(SystemExit, match="dtype must be 'auto', 'float32', 'bfloat16' or 'float16'"):
+        pick_dtype('cpu', 'float64')
 
 
 def test_checkpoints_are_atomic_and_safe(tmp_path):

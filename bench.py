@@ -9,8 +9,8 @@ of `repeats` timed runs after a warm-up, with their min and max.
 - train_*: train.py itself, run for a few iterations with the default config and the published one
   (config/train_mnist_vlm_seed.py); tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
 - generate / generate_nocache: 10,000 label -> image samples (grammar-constrained, with sample.py's
-  default classifier-free guidance) with the key/value cache and with nanoGPT's plain loop that
-  re-reads the whole prefix at every step
+  default guidance and temperature) with the key/value cache, and 1,000 with nanoGPT's plain loop
+  that re-reads the whole prefix at every step
 - classify: labels of the 10,000 test images read once; classify_views: with sample.py's default second
   look at unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
 - pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
@@ -38,6 +38,7 @@ repeats = 5
 out_dir = 'out/mnist_vlm'      # the trained default model that sampling is timed with
 data_dir = 'data/mnist_vlm'
 n_samples = 10000
+n_samples_nocache = 1000       # the uncached loop is slow: fewer images, the same batch size
 batch_size = 1000
 train_configs = 'default,config/train_mnist_vlm_seed.py'
 train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
@@ -120,11 +121,14 @@ def sampling():
     tok, _ = load_tokenizer(meta['tokenizer'])
     tok.to(device)
     model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device, pick_dtype(device, sample.dtype))
-    labels = [DIGITS[i % 10] for i in range(n_samples)]
-    gen = lambda cache: generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed),
-                                        batch_size=batch_size, use_cache=cache, guidance=sample.guidance)
-    t_cache = report('generate', [n_samples / t for t in timed(lambda: gen(True))], 'images/s')
-    t_plain = report('generate_nocache', [n_samples / t for t in timed(lambda: gen(False), max(1, repeats // 2))], 'images/s')
+    gen = lambda cache, n: generate_images(model, codec, tok, [DIGITS[i % 10] for i in range(n)],
+                                           torch.Generator(device).manual_seed(seed), sample.temperature,
+                                           batch_size=batch_size, use_cache=cache, guidance=sample.guidance)
+    t_cache = report('generate', [n_samples / t for t in timed(lambda: gen(True, n_samples))], 'images/s',
+                     images=n_samples)
+    n = n_samples_nocache
+    t_plain = report('generate_nocache', [n / t for t in timed(lambda: gen(False, n), max(1, repeats // 2))],
+                     'images/s', images=n)
     print(json.dumps(dict(name='generate_cache_speedup', value=t_cache / t_plain, unit='x')), flush=True)
     _, codes, labels = load_split(data_dir, 'test', meta)
     codes, labels = codes[:n_samples], labels[:n_samples]
@@ -135,11 +139,9 @@ def sampling():
         acc = (read().argmax(1).cpu() == labels).float().mean().item()
         report(name, [len(codes) / t for t in timed(read)], 'images/s', images=len(codes), views=views, accuracy=acc)
     codes = codes[:n_samples].to(device)
-    images = torch.cat([tok.decode(codes[i:i + batch_size]) for i in range(0, len(codes), batch_size)])
-    report('tokenizer_encode', [len(images) / t for t in timed(lambda: [tok.encode(images[i:i + batch_size])
-                                                                        for i in range(0, len(images), batch_size)])], 'images/s')
-    report('tokenizer_decode', [len(codes) / t for t in timed(lambda: [tok.decode(codes[i:i + batch_size])
-                                                                       for i in range(0, len(codes), batch_size)])], 'images/s')
+    images = tok.decode(codes, batch_size)
+    report('tokenizer_encode', [len(images) / t for t in timed(lambda: tok.encode(images, batch_size))], 'images/s')
+    report('tokenizer_decode', [len(codes) / t for t in timed(lambda: tok.decode(codes, batch_size))], 'images/s')
 
 
 def whole_pipeline():

@@ -485,14 +485,17 @@ class VQVAE(nn.Module):
         return self.to_image(out), codes, rec_loss + q_loss
 
     @torch.no_grad()
-    def encode(self, x):
-        """images (B, H, W) in [0, 1] -> codes (B, tokens_per_image), long."""
-        return self.quantizer.codes(self.encode_latents(x))
+    def encode(self, x, batch_size=1000):
+        """images (B, H, W) in [0, 1] -> codes (B, tokens_per_image), long; batch_size images at a time
+        (on 2 CPU cores, 1000 encode 1.5x faster than 5000: the activations stay in cache)."""
+        return torch.cat([self.quantizer.codes(self.encode_latents(x[i:i + batch_size]))
+                          for i in range(0, len(x), batch_size)])
 
     @torch.no_grad()
-    def decode(self, codes):
-        """codes (B, tokens_per_image) -> images (B, H, W) in [0, 1]."""
-        return self.to_image(self.decode_latents(self.quantizer.vectors(codes)))
+    def decode(self, codes, batch_size=1000):
+        """codes (B, tokens_per_image) -> images (B, H, W) in [0, 1], batch_size at a time."""
+        return torch.cat([self.to_image(self.decode_latents(self.quantizer.vectors(codes[i:i + batch_size])))
+                          for i in range(0, len(codes), batch_size)])
 
 
 class DigitCNN(nn.Module):

@@ -223,7 +223,9 @@ def sha256_file(path):
 
 def draw_logo(codes, labels, codec, path):
     """Sequence logo per digit (Schneider & Stephens 1990): at each image position, the code letters
-    stacked by frequency, the stack as high as the position's information content in bits."""
+    stacked by frequency, the stack as high as the position's information content in bits. Private Use
+    Area characters have no glyphs, so for more than 26 codes only the heights are drawn, laid out as
+    the square grid of positions (the conv tokenizer's, raster order): where each digit is predictable."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -232,24 +234,26 @@ def draw_logo(codes, labels, codec, path):
     from matplotlib.patches import PathPatch
     from matplotlib.textpath import TextPath
     K, n = codec.codebook_size, codec.tokens_per_image
-    letters = K <= 26  # Private Use Area characters have no glyphs: draw those as a heat map
-    fig, axes = plt.subplots(2, 5, figsize=(2.5 * 5 * max(1, n / 8), 5.5), sharey=letters)
+    letters = K <= 26
+    side = math.isqrt(n)
+    shape = (side, side) if side * side == n else (1, n)
+    fig, axes = plt.subplots(2, 5, figsize=(2.5 * 5 * max(1, n / 8) if letters else 12.5, 5.5), sharey=letters)
     font = FontProperties(family='DejaVu Sans Mono', weight='bold')
     colors = plt.get_cmap('tab20', max(K, 2))
     for d, ax in enumerate(axes.flat):
         c = codes[labels == d]
         freq = np.stack([np.bincount(c[:, p], minlength=K) for p in range(n)]) / max(len(c), 1)
+        bits = np.log2(K) + np.where(freq > 0, freq * np.log2(np.where(freq > 0, freq, 1)), 0).sum(1)
         if not letters:
-            ax.imshow(freq.T, aspect='auto', cmap='viridis', origin='lower')
+            im = ax.imshow(bits.reshape(shape), cmap='viridis', vmin=0, vmax=np.log2(K))
             ax.set_title(f"digit {d}")
-            ax.set_xlabel('position')
+            ax.set_xticks([])
+            ax.set_yticks([])
             continue
         for p in range(n):
-            nz = freq[p][freq[p] > 0]
-            ic = np.log2(K) + (nz * np.log2(nz)).sum()
             y = 0.0
             for k in np.argsort(freq[p]):
-                h = freq[p, k] * ic
+                h = freq[p, k] * bits[p]
                 if h < 0.02:
                     continue
                 tp = TextPath((0, 0), codec.code_chars[k], size=1, prop=font)
@@ -264,8 +268,12 @@ def draw_logo(codes, labels, codec, path):
         ax.set_title(f"digit {d}")
         if d % 5 == 0:
             ax.set_ylabel('bits')
-    fig.suptitle('image codes per position and digit (MNIST train)')
-    fig.tight_layout()
+    if not letters:
+        fig.colorbar(im, ax=axes, label='bits')
+    fig.suptitle('image codes per position and digit (MNIST train)' if letters else
+                 'information content of the code at each grid position, per digit (MNIST train)')
+    if letters:
+        fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
     plt.close(fig)
 
@@ -289,8 +297,7 @@ if __name__ == '__main__':
         if split == 'train' and augment:
             images = torch.cat([images] + [augmented(images, g) for _ in range(augment)])
             labels = np.tile(labels, augment + 1)
-        with torch.no_grad():
-            codes = torch.cat([tok.encode(images[i:i + 5000]) for i in range(0, len(images), 5000)]).numpy()
+        codes = tok.encode(images).numpy()
         generation = rng.random(len(codes)) < 0.5
         lines = [codec.pad(codec.generation(y, c) if gen else codec.classification(c, y))
                  for c, y, gen in zip(codes, labels, generation)]

@@ -19,7 +19,7 @@ TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_i
         '--eval_classify=100', '--warmup_iters=5', '--lr_decay_iters=40', '--log_interval=10']
 
 
-CODE = '[\ue000-\ue3e7]'  # the default tokenizer's 1000 codes are Private Use Area characters
+CODE = '[\ue000-\ue07c]'  # the default tokenizer's 125 codes are Private Use Area characters
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +43,7 @@ def error_line(p):
     return lines[0]
 
 
-@pytest.mark.parametrize('name, tokens, codes', [('vqvae', 16, 1000), ('vqvae_seed', 8, 26)])
+@pytest.mark.parametrize('name, tokens, codes', [('vqvae', 49, 125), ('vqvae_seed', 8, 26)])
 def test_tokenizer_outputs(work, name, tokens, codes):
     ckpt = torch.load(work / f'out/{name}/ckpt.pt', weights_only=True)
     assert ckpt['model_args']['tokens_per_image'] == tokens and ckpt['model_args']['codebook_size'] == codes
@@ -53,7 +53,7 @@ def test_tokenizer_outputs(work, name, tokens, codes):
 
 
 @pytest.mark.parametrize('name, block, tokens, vocab, code, train', [
-    ('mnist_vlm', 40, 16, 1024, CODE, 100000),   # the default: 4x4 grid of 1000 codes, one moved copy (--augment=1)
+    ('mnist_vlm', 72, 49, 149, CODE, 100000),    # the default: 7x7 grid of 125 codes, one moved copy (--augment=1)
     ('seed_vlm', 32, 8, 50, '[A-Z]', 50000)])    # the published tokenizer: 8 letters
 def test_prepared_data(work, name, block, tokens, vocab, code, train):
     d = work / 'data' / name
@@ -69,7 +69,7 @@ def test_prepared_data(work, name, block, tokens, vocab, code, train):
         ids = np.fromfile(d / f'{split}.bin', dtype=np.uint16).reshape(n, block)
         assert ''.join(meta['vocab'][i] for i in ids[0]) == lines[0]
         assert np.load(d / f'{split}_codes.npy').shape == (n, tokens)
-    assert np.load(d / 'code_vectors.npy').shape[0] == vocab - 24
+    assert np.load(d / 'code_features.npy').shape[0] == vocab - 24
     assert (d / 'logo.png').stat().st_size > 0
     # a fixed seed makes it reproducible
     before = (d / 'train.txt').read_bytes()
@@ -107,7 +107,7 @@ def test_train_and_sample(work):
     from PIL import Image
     assert sorted(os.listdir(out / 'png'))[:2] == ['3_0000.png', '3_0001.png'] and len(os.listdir(out / 'png')) == 6
     assert Image.open(out / 'png' / '8_0002.png').size == (64, 64)
-    assert re.search(rf'number:8, image:{CODE}{{16}}\.', p.stdout)
+    assert re.search(rf'number:8, image:{CODE}{{49}}\.', p.stdout)
 
     p = run_script('sample.py', '--out_dir=out/run', '--mode=classify', '--image=0-2,7', cwd=work)
     assert len(re.findall(r'test\[\d+\]: \d \(true \d\)', p.stdout)) == 4

@@ -215,7 +215,7 @@ def test_clear_errors(work, tmp_path):
     assert 'is not the file data/mixed/meta.json describes' in error_line(run_script(
         'train.py', '--data_dir=data/mixed', cwd=work, check=False))
     # a checkpoint used with data prepared differently
-    run_script('prepare.py', '--block_size=48', '--data_dir=data/other', cwd=work)
+    run_script('prepare.py', '--block_size=80', '--data_dir=data/other', cwd=work)
     assert 'was trained on other data' in error_line(run_script(
         'sample.py', '--out_dir=out/err', '--data_dir=data/other', cwd=work, check=False))
     assert 'was trained on other data' in error_line(run_script(

@@ -258,7 +258,7 @@ class GPT(nn.Module):
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * T
 
     @torch.no_grad()
-    def next_token_probs(self, idx, candidates, batch_size=1000):
+    def next_token_probs(self, idx, candidates, batch_size=250):
         """Distribution of the next token over the candidate ids only, for each row of idx (B, T):
         reading a label this way can only answer with a label. -> (B, len(candidates))."""
         out = []

@@ -40,7 +40,7 @@ temperature = 0.9           # 1.0 samples the model's distribution; 0 takes the 
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
 guidance = 1.5              # classifier-free guidance scale, against 'image:' with no label; 0 = none
                             # (5,000 samples, generation fidelity / Frechet distance: guidance 1.5, temperature
-                            # 1: 0.983 / 15.4; 0.9: 0.990 / 17.4; guidance 2: 0.989 / 21.1; 1, temperature 0.9: 0.980 / 13.5)
+                            # 1: 0.983 / 15.4; 0.9: 0.990 / 17.4; guidance 2, temperature 0.9: 0.993 / 23.1; 1, 0.9: 0.980 / 13.5)
 views = 9                   # classify and eval: images read with top probability < view_threshold are
 view_threshold = 0.95       # read again moved one pixel each way, views in all (1 = no second look);
                             # chosen on val (10,000): 1 view 0.9862, 5 below 0.9 0.9905, 9 below 0.95 0.9911

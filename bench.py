@@ -2,17 +2,17 @@
 Measure this code on this machine, after nanoGPT's bench.py. Prints one JSON line per figure: the median
 of `repeats` timed runs after a warm-up, with their min and max.
 
-    python bench.py                  # needs the default pipeline's outputs (out/vqvae, data/mnist_vlm, out/mnist_vlm)
-    python bench.py --pipeline=True --mnist_dir=../shared/mnist   # first run the four scripts here, timed
+    python bench.py                  # needs the default pipeline's outputs (out/vqvae, data/vlm, out/vlm)
+    python bench.py --pipeline=True --idx_dir=../shared/mnist   # first run the four scripts here, timed
 
 - matmul_peak: the device's dense matmul rate in train.py's dtype, the yardstick for model FLOPs utilisation (MFU)
 - train_*: train.py itself, run for a few iterations with the default config and the published one
   (config/train_mnist_vlm_seed.py); tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
-- generate / generate_nocache: 10,000 label -> image samples (grammar-constrained, with sample.py's
-  default guidance and temperature) with the key/value cache, and 1,000 with nanoGPT's plain loop
-  that re-reads the whole prefix at every step
-- classify: labels of the 10,000 test images read once; classify_views: with sample.py's default second
-  look at unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
+- generate: 10,000 class -> image samples (grammar-constrained, with guidance, key/value cache)
+- classify: the classes of the 10,000 test images read once; classify_views: with a second look at
+  unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
+The sampling settings below are sample.py's defaults, repeated here so that the bench measures the
+same work whatever sample.py is told.
 - pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
 """
 import json
@@ -26,24 +26,25 @@ import time
 
 import torch
 
-from model import load_tokenizer, pick_device, pick_dtype
-from prepare import DIGITS, Codec, load_meta, load_split
-import sample
-from sample import generate_images, load_model, read_labels
-from vqvae import mnist_splits
+from common import check_tokenizer, load_images, load_meta, load_model, load_split, pick_device, pick_dtype
+from prepare import Codec
+from sample import generate_images, read_labels
 
 # -----------------------------------------------------------------------------
 device = 'auto'
 repeats = 5
-out_dir = 'out/mnist_vlm'      # the trained default model that sampling is timed with
-data_dir = 'data/mnist_vlm'
+out_dir = 'out/vlm'            # the trained default model that sampling is timed with
+data_dir = 'data/vlm'
 n_samples = 10000
-n_samples_nocache = 1000       # the uncached loop is slow: fewer images, the same batch size
-batch_size = sample.batch_size
+batch_size = 250               # sample.py's defaults: images per forward pass, ...
+temperature = 0.9
+guidance = 1.5
+views = 9                      # ... the second look at unsure readings
+view_threshold = 0.95
 train_configs = 'default,config/train_mnist_vlm_seed.py'
 train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
 pipeline = False               # also run the whole default pipeline (minutes) and time each stage
-mnist_dir = ''                 # MNIST for the pipeline and classify_views: see vqvae.py
+idx_dir = ''                   # MNIST for the pipeline: see vqvae.py
 seed = 1337
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
@@ -118,26 +119,19 @@ def train_throughput(cfg):
 def sampling():
     meta = load_meta(data_dir)
     codec = Codec.from_meta(meta)
-    tok, _ = load_tokenizer(meta['tokenizer'])
-    tok.to(device)
-    model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device, pick_dtype(device, sample.dtype))
-    gen = lambda cache, n: generate_images(model, codec, tok, [DIGITS[i % 10] for i in range(n)],
-                                           torch.Generator(device).manual_seed(seed), sample.temperature,
-                                           batch_size=batch_size, use_cache=cache, guidance=sample.guidance)
-    t_cache = report('generate', [n_samples / t for t in timed(lambda: gen(True, n_samples))], 'images/s',
-                     images=n_samples)
-    n = n_samples_nocache
-    t_plain = report('generate_nocache', [n / t for t in timed(lambda: gen(False, n), max(1, repeats // 2))],
-                     'images/s', images=n)
-    print(json.dumps(dict(name='generate_cache_speedup', value=t_cache / t_plain, unit='x')), flush=True)
-    _, codes, labels = load_split(data_dir, 'test', meta)
-    codes, labels = codes[:n_samples], labels[:n_samples]
-    digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
-    test = torch.from_numpy(mnist_splits(mnist_dir)['test'][0][:n_samples]).to(device)
-    for name, views in (('classify', 1), ('classify_views', sample.views)):
-        read = lambda: read_labels(model, codec, tok, digit_ids, codes, test, views, sample.view_threshold, batch_size)
+    tok = check_tokenizer(meta, data_dir).to(device)
+    model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device, pick_dtype(device))
+    ys = sorted(i % len(codec.classes) for i in range(n_samples))
+    gen = lambda: generate_images(model, codec, tok, ys, torch.Generator(device).manual_seed(seed), temperature,
+                                  batch_size=batch_size, guidance=guidance)
+    report('generate', [n_samples / t for t in timed(gen)], 'images/s', images=n_samples)
+    codes = load_split(data_dir, 'test', meta)[1][:n_samples]
+    test, labels = (t[:n_samples] for t in load_images(data_dir, 'test', meta))
+    test = test.to(device)
+    for name, v in (('classify', 1), ('classify_views', views)):
+        read = lambda: read_labels(model, codec, tok, codes, test, v, view_threshold, batch_size)
         acc = (read().argmax(1).cpu() == labels).float().mean().item()
-        report(name, [len(codes) / t for t in timed(read)], 'images/s', images=len(codes), views=views, accuracy=acc)
+        report(name, [len(codes) / t for t in timed(read)], 'images/s', images=len(codes), views=v, accuracy=acc)
     codes = codes[:n_samples].to(device)
     images = tok.decode(codes, batch_size)
     report('tokenizer_encode', [len(images) / t for t in timed(lambda: tok.encode(images, batch_size))], 'images/s')
@@ -146,10 +140,9 @@ def sampling():
 
 def whole_pipeline():
     """The four scripts with their defaults, here, as the README's first command runs them (their
-    outputs replace out/vqvae, data/mnist_vlm and out/mnist_vlm, which the sampling figures then use)."""
-    src = mnist_dir or (os.path.join('data', 'mnist') if os.path.isdir(os.path.join('data', 'mnist')) else '')
+    outputs replace out/vqvae, data/vlm and out/vlm, which the sampling figures then use)."""
     total = 0.0
-    for script, args in (('vqvae.py', [f'--mnist_dir={os.path.abspath(src)}'] if src else []),
+    for script, args in (('vqvae.py', [f'--idx_dir={os.path.abspath(idx_dir)}'] if idx_dir else []),
                          ('prepare.py', []), ('train.py', []), ('sample.py', [])):
         args += [] if script == 'prepare.py' else [f'--device={device}']
         t = time.perf_counter()
@@ -159,7 +152,7 @@ def whole_pipeline():
             raise SystemExit(f"error: {script} failed in the pipeline: {p.stderr.strip().splitlines()[-1]}")
         total += dt
         report(f'pipeline_{script[:-3]}', [dt], 's')
-    ev = json.load(open(os.path.join('out', 'mnist_vlm', 'eval.json')))
+    ev = json.load(open(os.path.join('out', 'vlm', 'eval.json')))
     q = ev['quality']
     report('pipeline_total', [total], 's', classification_accuracy=ev['checkpoints'][-1]['classification_accuracy'],
            **{k: q[k] for k in ('generation_fidelity', 'generation_frechet', 'generation_validity',

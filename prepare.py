@@ -1,34 +1,38 @@
 """
-Turn MNIST into text: every image is encoded by the tokenizer, its codes become characters, and each
-image becomes one sequence of one of two tasks, chosen 50/50 at random with a fixed seed:
+Turn a data set into text: every image is encoded by the tokenizer, its codes become characters, and
+each image becomes one sequence of one of the TASKS, chosen at random with a fixed seed:
 
-    generation      number:7, image:PTKRWCIU.#######
-    classification  image:PTKRWCIU, number:7.#######
+    generation      number:7, image:ÀÁÆ...Ŀ.#######        class:Ankle boot, image:ÀÁÆ...Ŀ.#######
+    classification  image:ÀÁÆ...Ŀ, number:7.#######        image:ÀÁÆ...Ŀ, class:Ankle boot.#######
 
-padded with '#' to block_size. Writes to data_dir, per split (train = MNIST train[:50000], val =
-train[50000:], test = MNIST test): SPLIT.txt (one sequence per line), SPLIT.bin (uint16 token ids,
-block_size per sequence), SPLIT_codes.npy and SPLIT_labels.npy (every image's codes and digit, which
-evaluation prompts are built from), logo.png (which code each digit puts at each position), and last
-meta.json (vocabulary, format, and the SHA-256 of every file, so a half-rewritten folder is noticed).
+MNIST keeps the published key 'number'; other data sets say 'class' and the class name. Sequences are
+padded with '#' to block_size. The data set is the one the tokenizer was trained on (vqvae.py
+--dataset=...). Writes to data_dir, per split (train, val, test): SPLIT.txt (one sequence per line),
+SPLIT.bin (uint16 token ids, block_size per sequence), SPLIT_codes.npy, SPLIT_labels.npy and
+SPLIT_tasks.npy (every sequence's image codes, class and task), SPLIT_images.npy (the original images,
+which evaluation and the reference classifier use), code_features.npy, logo.png (how predictable each
+code position is per class), and last meta.json (data set, class names, vocabulary, format, and the
+SHA-256 of every file, so a half-rewritten folder is noticed). A failed run leaves an earlier
+data_dir as it was: every file is written under a temporary name and renamed in place at the end.
 
     python prepare.py
 
-This file also holds the Codec, the one definition of the letter codec and the sequence format.
+This file also holds the Codec: the one definition of the letter codec and the sequence tasks.
 """
-import hashlib
-import json
 import math
 import os
+import re
+import unicodedata
 
 import numpy as np
 import torch
 
-from model import atomic_write, load_tokenizer
+from common import atomic_write, load_tokenizer, sha256_file, write_json
+from dataset import as_float, augmented, reload_dataset
 
 # -----------------------------------------------------------------------------
-tokenizer = 'out/vqvae/ckpt.pt'   # written by vqvae.py
-data_dir = 'data/mnist_vlm'       # where the prepared sequences go
-mnist_dir = ''                    # see vqvae.py
+tokenizer = 'out/vqvae/ckpt.pt'   # written by vqvae.py; it also names the data set
+data_dir = 'data/vlm'             # where the prepared sequences go
 block_size = 0                    # every sequence is padded to this many characters; 0 = the
                                   # longest sequence rounded up to a multiple of 8
 augment = 4                       # train: this many randomly moved copies of each image besides it
@@ -37,36 +41,59 @@ seed = 1337
 
 PAD = '#'
 END = '.'
-GENERATION = 'number:{label}, image:{image}' + END
-CLASSIFICATION = 'image:{image}, number:{label}' + END
-DIGITS = '0123456789'
-TEXT_CHARS = sorted(set(GENERATION.format(label='', image='') + CLASSIFICATION.format(label='', image='')
-                        + DIGITS + PAD))
-PUA = 0xE000  # Unicode Private Use Area: 6400 characters that no text uses
+TASKS = {  # name: (template, share of the training sequences); adding a task is adding a line
+    'generation': ('{key}:{label}, image:{image}' + END, 0.5),
+    'classification': ('image:{image}, {key}:{label}' + END, 0.5),
+}
+CODE_RANGES = ((0xC0, 0x530), (0x1E00, 0x2000), (0x4E00, 0xA000))  # Latin, Greek, Cyrillic letters; then CJK
+
+
+def code_alphabet(n, exclude=''):
+    """n characters for n image codes: A..Z for up to 26, else letters that every terminal prints
+    (Latin-1 and Latin Extended, IPA, Greek, Cyrillic, then CJK ideographs: left-to-right, no combining
+    marks), never one of the text's characters."""
+    if n <= 26:
+        return ''.join(chr(65 + i) for i in range(n))
+    chars = (chr(c) for a, b in CODE_RANGES for c in range(a, b))
+    ok = [c for c in chars if unicodedata.category(c) in ('Lu', 'Ll', 'Lo') and unicodedata.bidirectional(c) == 'L'
+          and c.isprintable() and c not in exclude]
+    if n > len(ok):
+        raise SystemExit(f"error: a codebook of {n} codes is larger than the {len(ok)} code characters there are")
+    return ''.join(ok[:n])
 
 
 class Codec:
-    """The sequence format in one place: image code <-> character, the two templates, padding, and
-    character <-> token id. Codes get characters (and token ids) of their own, disjoint from the text:
-    A..Z when there are at most 26 codes, else one character each from the Private Use Area, so the
-    .txt files stay one character per token for any codebook up to 6400 entries."""
+    """The sequence format in one place: image code <-> character, class name <-> label, the TASKS,
+    padding, and character <-> token id (one character is one token). Codes get characters of their
+    own, disjoint from the text, so codes never collide with class names."""
 
-    def __init__(self, codebook_size, tokens_per_image, block_size):
-        if not 1 <= codebook_size <= 6400:
-            raise SystemExit(f"error: codebook_size must be 1..6400, got {codebook_size}")
+    def __init__(self, classes, key, codebook_size, tokens_per_image, block_size, vocab=None, tasks=None):
+        self.classes, self.key = list(classes), key
         self.codebook_size, self.tokens_per_image, self.block_size = codebook_size, tokens_per_image, block_size
-        self.code_chars = ''.join(chr((65 if codebook_size <= 26 else PUA) + i) for i in range(codebook_size))
-        self.itos = list(TEXT_CHARS) + list(self.code_chars)
+        self.tasks = tasks or {name: t.replace('{key}', key) for name, (t, _) in TASKS.items()}
+        if vocab is None:
+            text = sorted(set(''.join(re.sub(r'\{\w+\}', '', t) for t in self.tasks.values()) + ''.join(classes) + PAD))
+            vocab = text + list(code_alphabet(codebook_size, exclude=text))
+        self.itos = list(vocab)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
-        self.code_offset = len(TEXT_CHARS)  # token id of code i is code_offset + i
-        longest = len(GENERATION.format(label='0', image='x' * tokens_per_image))
+        self.code_offset = len(self.itos) - codebook_size  # token id of code i is code_offset + i
+        self.code_chars = ''.join(self.itos[self.code_offset:])
+        longest = max(len(self.text(t, k, [0] * tokens_per_image)) for t in self.tasks for k in range(len(classes)))
         if longest > block_size:
-            raise SystemExit(f"error: block_size {block_size} is too short: a sequence with "
-                             f"{tokens_per_image} image tokens takes {longest} characters")
+            raise SystemExit(f"error: block_size {block_size} is too short: a sequence with {tokens_per_image} image "
+                             f"tokens and the longest class name takes {longest} characters")
+        names = [self.encode(c) for c in self.classes]
+        prefix_free = not any(a != b and b[:len(a)] == a for a in names for b in names)
+        self.choices = names if prefix_free else [n + self.encode(END) for n in names]  # what reading scores
+        self._patterns = {t: re.compile(re.escape(s).replace(r'\{label\}', '(?P<label>' + '|'.join(
+            re.escape(c) for c in sorted(self.classes, key=len, reverse=True)) + ')').replace(
+            r'\{image\}', f'(?P<image>[{re.escape(self.code_chars)}]{{{tokens_per_image}}})'))
+            for t, s in self.tasks.items()}
 
     @classmethod
     def from_meta(cls, meta):
-        return cls(meta['codebook_size'], meta['tokens_per_image'], meta['block_size'])
+        return cls(meta['classes'], meta['key'], meta['codebook_size'], meta['tokens_per_image'], meta['block_size'],
+                   meta['vocab'], meta['tasks'])
 
     @property
     def vocab_size(self):
@@ -77,44 +104,69 @@ class Codec:
         return ''.join(self.code_chars[int(c)] for c in codes)
 
     def image_codes(self, text):
-        if len(text) != self.tokens_per_image or any(self.stoi.get(c, -1) < self.code_offset for c in text):
+        if len(text) != self.tokens_per_image or any(c not in self.code_chars for c in text):
             raise SystemExit(f"error: an image is {self.tokens_per_image} code characters, got {text!r}")
         return np.array([self.stoi[c] - self.code_offset for c in text], dtype=np.int64)
 
-    # the two tasks
-    def generation(self, label, codes):
-        return GENERATION.format(label=label, image=self.image_text(codes))
+    # class names <-> labels
+    def label(self, name):
+        """A class by its name (exactly, else ignoring case), or by its number 0..K-1."""
+        name = unicodedata.normalize('NFC', str(name).strip())
+        if name in self.classes:
+            return self.classes.index(name)
+        folded = [i for i, c in enumerate(self.classes) if c.casefold() == name.casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        if name.isdigit() and int(name) < len(self.classes):
+            return int(name)
+        shown = ', '.join(self.classes[:12]) + (', ...' if len(self.classes) > 12 else '')
+        raise SystemExit(f"error: unknown class {name!r}: expected one of {shown} (or a number 0-{len(self.classes) - 1})")
 
-    def classification(self, codes, label):
-        return CLASSIFICATION.format(label=label, image=self.image_text(codes))
+    def labels(self, spec):
+        """Comma-separated class names -> labels; '' = every class. Where every class name is one
+        character (MNIST's digits), a run of them also works: '0123456789'."""
+        if not str(spec).strip():
+            return list(range(len(self.classes)))
+        parts = str(spec).split(',')
+        if len(parts) == 1 and all(len(c) == 1 for c in self.classes) and len(parts[0]) > 1:
+            parts = list(parts[0])
+        return [self.label(p) for p in parts]
 
-    def generation_prompt(self, label):
-        if str(label) not in DIGITS or len(str(label)) != 1:
-            raise SystemExit(f"error: a label is one digit 0-9, got {label!r}")
-        return GENERATION.split('{image}')[0].format(label=label)
+    # the tasks
+    def text(self, task, label=None, codes=None):
+        """The whole sequence of a task for a class and an image, without padding."""
+        return self.tasks[task].format(label=self.classes[label] if label is not None else '',
+                                       image=self.image_text(codes) if codes is not None else '')
 
-    def classification_prompt(self, codes):
-        return CLASSIFICATION.split('{label}')[0].format(image=self.image_text(codes))
+    def prefix(self, task, field, label=None, codes=None):
+        """The text of a task before one of its fields ('label' or 'image')."""
+        head = self.tasks[task].split('{' + field + '}')[0]
+        return head.format(label=self.classes[label] if label is not None else '',
+                           image=self.image_text(codes) if codes is not None else '')
 
-    def is_generation(self, s):
-        """Does s (unpadded) follow the generation template, with tokens_per_image image codes?"""
-        head, _, rest = s.partition(', image:')
-        return (len(head) == len('number:0') and head[:-1] == 'number:' and head[-1] in DIGITS
-                and rest[-1:] == END and len(rest) == self.tokens_per_image + 1
-                and all(c in self.code_chars for c in rest[:-1]))
+    def prompts(self, task, field, labels=None, codes=None, device='cpu'):
+        """Token ids (N, T) of the task's prefix before field, one row per label or per image's codes;
+        the rows must be of one length (group labels whose names are as long)."""
+        n = len(labels) if labels is not None else len(codes)
+        rows = [self.encode(self.prefix(task, field, None if labels is None else labels[i],
+                                        None if codes is None else codes[i])) for i in range(n)]
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError('prompts of different lengths in one batch')
+        return torch.tensor(rows, dtype=torch.long, device=device)
 
-    def generation_prompts(self, labels, device='cpu'):
-        """Token ids (N, T) of 'number:d, image:' for each label."""
-        return torch.tensor([self.encode(self.generation_prompt(d)) for d in labels], device=device)
+    def label_span(self, task, label):
+        """(start, end): the token positions of the class name in a task's sequence."""
+        start = len(self.prefix(task, 'label', label, [0] * self.tokens_per_image))
+        return start, start + len(self.classes[label])
 
-    def image_prompts(self, n, device='cpu'):
-        """Token ids (n, T) of 'image:', how a classification sequence starts: an image with no label
-        before it, which classifier-free guidance samples against."""
-        return torch.tensor([self.encode(CLASSIFICATION.split('{image}')[0])] * n, device=device)
-
-    def classification_prompts(self, codes, device='cpu'):
-        """Token ids (N, T) of 'image:XXXXXXXX, number:' for each row of codes."""
-        return torch.tensor([self.encode(self.classification_prompt(c)) for c in codes], device=device)
+    def parse(self, s):
+        """A sequence (padding and all) -> (task, label, codes) if it follows one of the tasks, else None."""
+        s = s.split(PAD)[0]
+        for task, pattern in self._patterns.items():
+            m = pattern.fullmatch(s)
+            if m:
+                return task, self.classes.index(m['label']), self.image_codes(m['image'])
+        return None
 
     def pad(self, s):
         if len(s) > self.block_size:
@@ -126,69 +178,17 @@ class Codec:
         bad = sorted(set(c for c in s if c not in self.stoi))
         if bad:
             raise SystemExit(f"error: characters {''.join(bad)!r} are not in the vocabulary "
-                             f"(text {''.join(TEXT_CHARS)!r} and {self.codebook_size} image codes)")
+                             f"({self.code_offset} text characters and {self.codebook_size} image codes)")
         return [self.stoi[c] for c in s]
 
     def decode(self, ids):
         return ''.join(self.itos[int(i)] for i in ids)
 
-    def mask(self, chars=None, codes=False, device='cpu'):
-        """Bool mask over the vocabulary: the given characters, and all image codes if codes=True."""
+    def code_mask(self, device='cpu'):
+        """Bool mask over the vocabulary: the image codes."""
         m = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
-        if chars:
-            m[self.encode(chars)] = True
-        if codes:
-            m[self.code_offset:] = True
+        m[self.code_offset:] = True
         return m
-
-
-def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1):
-    """Randomly moved copies of images (N, H, W): shifted up to shift pixels, rotated up to rotate
-    degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003)."""
-    import torch.nn.functional as F
-    n, h, w = images.shape
-    u = lambda: torch.rand(n, generator=generator) * 2 - 1
-    a, s = u() * math.radians(rotate), 1 + u() * scale
-    theta = torch.stack([torch.stack([torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
-                         torch.stack([torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
-    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
-    return F.grid_sample(images[:, None], grid, align_corners=False)[:, 0].clamp(0, 1)
-
-
-def shifted(images, dx, dy):
-    """images (N, H, W) moved dx pixels right and dy down (|dx|, |dy| <= 2), zeros coming in."""
-    import torch.nn.functional as F
-    return torch.roll(F.pad(images, (2, 2, 2, 2)), (dy, dx), (1, 2))[:, 2:-2, 2:-2]
-
-
-def load_meta(data_dir):
-    """meta.json of a prepared data_dir, or a one-line error saying to run prepare.py."""
-    path = os.path.join(data_dir, 'meta.json')
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: no prepared data in {data_dir} ({path} is missing): run prepare.py first")
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except ValueError as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e}): run prepare.py again")
-
-
-def load_split(data_dir, split, meta):
-    """(sequences (N, block_size) int64, codes (N, tokens_per_image) int64, labels (N,) int64)."""
-    base = os.path.join(data_dir, split)
-    for p in (base + '.bin', base + '_codes.npy', base + '_labels.npy'):
-        if not os.path.isfile(p):
-            raise SystemExit(f"error: {p} is missing: run prepare.py first")
-        if meta.get('files', {}).get(os.path.basename(p)) != sha256_file(p):
-            raise SystemExit(f"error: {p} is not the file {data_dir}/meta.json describes (prepare.py "
-                             f"still running, or interrupted?): run prepare.py again")
-    seqs = np.fromfile(base + '.bin', dtype=meta['dtype'])
-    if len(seqs) % meta['block_size']:
-        raise SystemExit(f"error: {base}.bin is not a whole number of {meta['block_size']}-token sequences: run prepare.py again")
-    seqs = torch.from_numpy(seqs.astype(np.int64).reshape(-1, meta['block_size']))
-    codes = torch.from_numpy(np.load(base + '_codes.npy').astype(np.int64))
-    labels = torch.from_numpy(np.load(base + '_labels.npy').astype(np.int64))
-    return seqs, codes, labels
 
 
 def training_pairs(seqs, pad_id):
@@ -202,30 +202,23 @@ def training_pairs(seqs, pad_id):
     return seqs[:, :width], targets[:, :width]
 
 
-def data_signature(meta):
-    """What a language-model checkpoint must agree on with the prepared data it is used with."""
-    return {k: meta[k] for k in ('vocab', 'block_size', 'tokens_per_image', 'codebook_size', 'tokenizer_sha256')}
+def label_targets(codec, tasks, labels, width):
+    """Bool (N, width): which targets of each sequence (training_pairs' targets) are its class name."""
+    mask = torch.zeros(len(tasks), width, dtype=torch.bool)
+    names = list(codec.tasks)
+    for t in tasks.unique().tolist():
+        for y in labels[tasks == t].unique().tolist():
+            start, end = codec.label_span(names[t], y)
+            rows = ((tasks == t) & (labels == y)).nonzero()[:, 0]
+            mask[rows[:, None], torch.arange(start - 1, min(end - 1, width))] = True  # target j is token j + 1
+    return mask
 
 
-def check_data(ckpt, meta, path, data_dir):
-    if ckpt.get('data') != data_signature(meta):
-        raise SystemExit(f"error: {path} was trained on other data than {data_dir} (its vocabulary or "
-                         f"tokenizer differs from {data_dir}/meta.json): use the data_dir it was trained on")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
-def draw_logo(codes, labels, codec, path):
-    """Sequence logo per digit (Schneider & Stephens 1990): at each image position, the code letters
-    stacked by frequency, the stack as high as the position's information content in bits. Private Use
-    Area characters have no glyphs, so for more than 26 codes only the heights are drawn, laid out as
-    the square grid of positions (the conv tokenizer's, raster order): where each digit is predictable."""
+def draw_logo(codes, labels, codec, title, path):
+    """Sequence logo per class (Schneider & Stephens 1990): at each image position, the code letters
+    stacked by frequency, the stack as high as the position's information content in bits. For more
+    than 26 codes only the heights are drawn, laid out as the square grid of positions (the conv
+    tokenizer's, raster order): where each class is predictable. Up to 20 classes are drawn."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -237,16 +230,23 @@ def draw_logo(codes, labels, codec, path):
     letters = K <= 26
     side = math.isqrt(n)
     shape = (side, side) if side * side == n else (1, n)
-    fig, axes = plt.subplots(2, 5, figsize=(2.5 * 5 * max(1, n / 8) if letters else 12.5, 5.5), sharey=letters)
+    shown = min(len(codec.classes), 20)
+    cols = min(5, shown)
+    rows = -(-shown // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols * max(1, n / 8) if letters else 2.5 * cols, 2.75 * rows),
+                             sharey=letters, squeeze=False)
     font = FontProperties(family='DejaVu Sans Mono', weight='bold')
     colors = plt.get_cmap('tab20', max(K, 2))
     for d, ax in enumerate(axes.flat):
+        if d >= shown:
+            ax.axis('off')
+            continue
         c = codes[labels == d]
         freq = np.stack([np.bincount(c[:, p], minlength=K) for p in range(n)]) / max(len(c), 1)
         bits = np.log2(K) + np.where(freq > 0, freq * np.log2(np.where(freq > 0, freq, 1)), 0).sum(1)
+        ax.set_title(codec.classes[d][:24])
         if not letters:
             im = ax.imshow(bits.reshape(shape), cmap='viridis', vmin=0, vmax=np.log2(K))
-            ax.set_title(f"digit {d}")
             ax.set_xticks([])
             ax.set_yticks([])
             continue
@@ -265,61 +265,79 @@ def draw_logo(codes, labels, codec, path):
         ax.set_xlim(0, n)
         ax.set_ylim(0, np.log2(K))
         ax.set_xticks(np.arange(n) + 0.5, [str(i) for i in range(n)])
-        ax.set_title(f"digit {d}")
-        if d % 5 == 0:
+        if d % cols == 0:
             ax.set_ylabel('bits')
     if not letters:
         fig.colorbar(im, ax=axes, label='bits')
-    fig.suptitle('image codes per position and digit (MNIST train)' if letters else
-                 'information content of the code at each grid position, per digit (MNIST train)')
+    fig.suptitle(f'image codes per position and class ({title} train)' if letters else
+                 f'information content of the code at each grid position, per class ({title} train)')
     if letters:
         fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+    fig.savefig(path, format='png', dpi=80)
     plt.close(fig)
 
 
 if __name__ == '__main__':
     from configurator import configure
-    from vqvae import mnist_splits
     config = configure(globals())
-    tok, _ = load_tokenizer(tokenizer)
+    tok, tok_ckpt = load_tokenizer(tokenizer)
+    splits, info = reload_dataset(tok_ckpt['dataset'], quiet=False)
+    key, classes = info['key'], info['classes']
     if block_size == 0:
-        block_size = -(-len(GENERATION.format(label='0', image='x' * tok.tokens_per_image)) // 8) * 8
-    codec = Codec(tok.codebook_size, tok.tokens_per_image, block_size)
+        longest = max(len(t.format(key=key, label=c, image='x' * tok.tokens_per_image))
+                      for t, _ in TASKS.values() for c in classes)
+        block_size = -(-longest // 8) * 8
+    codec = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, block_size)
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     dtype = np.uint16
-    assert codec.vocab_size <= np.iinfo(dtype).max
-    os.makedirs(data_dir, exist_ok=True)
-    counts, files = {}, {}
-    for split, (images, labels) in mnist_splits(mnist_dir).items():
-        images = torch.from_numpy(images)
-        if split == 'train' and augment:
-            images = torch.cat([images] + [augmented(images, g) for _ in range(augment)])
-            labels = np.tile(labels, augment + 1)
-        codes = tok.encode(images).numpy()
-        generation = rng.random(len(codes)) < 0.5
-        lines = [codec.pad(codec.generation(y, c) if gen else codec.classification(c, y))
-                 for c, y, gen in zip(codes, labels, generation)]
-        ids = np.array([codec.encode(s) for s in lines], dtype=dtype)
-        base = os.path.join(data_dir, split)
-        atomic_write(base + '.txt', '\n'.join(lines) + '\n')
-        atomic_write(base + '.bin', ids.tobytes())
-        atomic_write(base + '_codes.npy', lambda tmp: np.save(tmp, codes.astype(np.int16)))
-        atomic_write(base + '_labels.npy', lambda tmp: np.save(tmp, labels.astype(np.uint8)))
-        files.update({os.path.basename(base + e): sha256_file(base + e) for e in ('.bin', '_codes.npy', '_labels.npy')})
-        counts[split] = dict(sequences=len(lines), generation=int(generation.sum()),
-                             classification=int((~generation).sum()))
-        print(f"{split}: {len(lines)} sequences ({counts[split]['generation']} generation), e.g. {lines[0]}")
-        if split == 'train':
-            draw_logo(codes, labels, codec, os.path.join(data_dir, 'logo.png'))
-    features = tok.quantizer.features().numpy().astype(np.float32)  # each code's features, for GPT.embeddings
-    atomic_write(os.path.join(data_dir, 'code_features.npy'), lambda tmp: np.save(tmp, features))
-    files['code_features.npy'] = sha256_file(os.path.join(data_dir, 'code_features.npy'))
-    meta = dict(vocab=codec.itos, vocab_size=codec.vocab_size, block_size=block_size,
-                tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size,
-                code_offset=codec.code_offset, tokenizer=tokenizer, tokenizer_sha256=sha256_file(tokenizer),
-                dtype='uint16', seed=seed, augment=augment, splits=counts, files=files)
-    atomic_write(os.path.join(data_dir, 'meta.json'), json.dumps(meta, indent=1) + '\n')
-    print(f"vocabulary of {codec.vocab_size} tokens: {''.join(TEXT_CHARS)!r} + {codec.codebook_size} codes; "
-          f"wrote {data_dir}/meta.json and logo.png")
+    if codec.vocab_size > np.iinfo(dtype).max:
+        raise SystemExit(f"error: a vocabulary of {codec.vocab_size} tokens does not fit uint16 token ids")
+    task_names = list(TASKS)
+    shares = np.cumsum([share for _, share in TASKS.values()])
+    counts, files, staged = {}, {}, []
+
+    def stage(name, write):
+        """Write data_dir/name under a temporary name; all are renamed in place once every one is written."""
+        path = os.path.join(data_dir, f'.new.{name}')
+        atomic_write(path, write)
+        files[name] = sha256_file(path)
+        staged.append(path)
+        return path
+
+    try:
+        for split, (images, labels) in splits.items():
+            x = as_float(images)
+            codes = [tok.encode(x)] + [tok.encode(augmented(x, g)) for _ in range(augment if split == 'train' else 0)]
+            codes = torch.cat(codes).numpy()
+            labels = np.tile(labels, len(codes) // len(labels))
+            tasks = np.searchsorted(shares / shares[-1], rng.random(len(codes)), side='right')
+            lines = [codec.pad(codec.text(task_names[t], y, c)) for c, y, t in zip(codes, labels, tasks)]
+            ids = np.array([codec.encode(s) for s in lines], dtype=dtype)
+            stage(f'{split}.txt', '\n'.join(lines) + '\n')
+            stage(f'{split}.bin', ids.tobytes())
+            stage(f'{split}_codes.npy', lambda tmp: np.save(tmp, codes.astype(np.int16)))
+            stage(f'{split}_labels.npy', lambda tmp: np.save(tmp, labels.astype(np.int32)))
+            stage(f'{split}_tasks.npy', lambda tmp: np.save(tmp, tasks.astype(np.uint8)))
+            stage(f'{split}_images.npy', lambda tmp: np.save(tmp, images))
+            counts[split] = dict(sequences=len(lines), **{t: int((tasks == i).sum()) for i, t in enumerate(task_names)})
+            print(f"{split}: {len(lines)} sequences ({', '.join(f'{counts[split][t]} {t}' for t in task_names)}), "
+                  f"e.g. {lines[0]}", flush=True)
+            if split == 'train':
+                stage('logo.png', lambda tmp: draw_logo(codes, labels, codec, info['title'], tmp))
+        features = tok.quantizer.features().numpy().astype(np.float32)  # each code's features, for GPT.embeddings
+        stage('code_features.npy', lambda tmp: np.save(tmp, features))
+        for name in files:
+            os.replace(os.path.join(data_dir, f'.new.{name}'), os.path.join(data_dir, name))
+    finally:  # a failed run leaves the folder as it was
+        for path in staged:
+            if os.path.exists(path):
+                os.remove(path)
+    meta = dict(dataset=info, classes=classes, key=key, tasks=codec.tasks, vocab=codec.itos,
+                vocab_size=codec.vocab_size, block_size=block_size, tokens_per_image=codec.tokens_per_image,
+                codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
+                tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment, splits=counts,
+                files=files)
+    write_json(os.path.join(data_dir, 'meta.json'), meta)
+    print(f"vocabulary of {codec.vocab_size} tokens: {''.join(codec.itos[:codec.code_offset])!r} + "
+          f"{codec.codebook_size} codes {codec.code_chars[:8]}...; wrote {data_dir}/meta.json and logo.png")

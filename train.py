@@ -1,7 +1,7 @@
 """
 Train the multimodal GPT on the sequences prepare.py wrote. One process:
 
-    python train.py                                   # the default: small, about 10 minutes on 2 CPU cores
+    python train.py                                   # the default: a small model (README: time on 2 CPU cores)
     python train.py config/train_mnist_vlm_seed.py    # the published setting (14M parameters)
 
 Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGPT:
@@ -10,28 +10,27 @@ Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGP
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
 
 Every batch row is one whole sequence starting at its start. At every evaluation the validation loss
-and the accuracy of reading the labels of val images are printed, and the model is saved as
+and the accuracy of reading the class of val images are printed, and the model is saved as
 ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) and ckpt.pt (everything
 needed to resume with --init_from=resume).
 """
 import math
 import os
 import time
-from contextlib import nullcontext
 
-import numpy as np
 import torch
 from torch.distributed import barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig, load_checkpoint, pick_device, pick_dtype, save_checkpoint
-from prepare import (DIGITS, PAD, Codec, check_data, data_signature, load_meta, load_split, sha256_file,
-                     training_pairs)
+from common import (autocast, check_data, data_signature, load_array, load_checkpoint, load_meta, load_split,
+                    pick_device, pick_dtype, save_checkpoint)
+from model import GPT, GPTConfig
+from prepare import PAD, Codec, label_targets, training_pairs
 
 # -----------------------------------------------------------------------------
-# default config values: a small model that trains in about 10 minutes on a 2-core CPU
-out_dir = 'out/mnist_vlm'
-data_dir = 'data/mnist_vlm'
+# default config values: a small model that trains in minutes on a 2-core CPU
+out_dir = 'out/vlm'
+data_dir = 'data/vlm'
 init_from = 'scratch'          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 600
 log_interval = 50
@@ -41,15 +40,13 @@ eval_classify = 1000           # val images whose label is read at every evaluat
 n_layer = 4
 n_head = 4
 n_embd = 128
-dropout = 0.0                  # no overfitting in 2400 iterations: train and val loss stay together
+dropout = 0.0                  # train and val loss stay together: nothing to regularise
 bias = False
-label_weight = 10.0            # loss weight of the label tokens: a label is 1 of ~65 targets of a sequence, so with 1
-                               # (plain next-token loss) reading gets little gradient; val accuracy at 700 its (4x4 codes): 1: 0.9435, 10: 0.9667, 30: 0.9622
+label_weight = 10.0            # loss weight of the class name's tokens: a label is 1 of ~65 targets of a sequence, so
+                               # with 1 (plain next-token loss) reading gets little of the gradient
 embed_codes = True             # image-code embeddings share structure through the codes' features (GPT.embeddings)
-                               # (4x4 codes, 1,200 its: val loss 1.7554 against 1.7719 for a random projection at init only)
 # AdamW
-batch_size = 128               # sequences per optimizer step, over all processes and micro-steps; at the same tokens
-                               # seen, val accuracy: 256 x 1,200 its 0.9806, 128 x 2,400 0.9859, 64 x 4,800 0.9848
+batch_size = 128               # sequences per optimizer step, over all processes and micro-steps
 gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
 learning_rate = 3e-3
 max_iters = 2400
@@ -65,9 +62,9 @@ min_lr = 3e-4                  # about learning_rate / 10
 # system
 backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
 device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'                 # 'auto' = bfloat16 where the device computes it natively (model.native_bf16), else
-                               # float32; or 'float16'. bfloat16 autocast on this 2-core CPU: 240-270 against 420-480 ms/iter
-compile = False                # torch.compile the model (on a 2-core CPU it did not pay: 255 vs 235 ms/iter, +28 s)
+dtype = 'auto'                 # 'auto' = bfloat16 where the device computes it natively (common.native_bf16), else
+                               # float32; or 'float16'
+compile = False                # torch.compile the model (it did not pay on a 2-core CPU)
 seed = 1337
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
@@ -95,43 +92,41 @@ if micro_batch * world_size * gradient_accumulation_steps != batch_size:
                      f"{gradient_accumulation_steps} accumulation steps")
 device_type = 'cuda' if device.startswith('cuda') else device
 dtype = pick_dtype(device, dtype)  # mixed precision: weights and optimizer state stay float32
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=getattr(torch, dtype))
+ctx = autocast(device, dtype)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 torch.manual_seed(seed + rank)
 
-# data: every row is one whole sequence (training_pairs), held on the device whole (a few MB)
+# data: every row is one whole sequence (training_pairs), held on the device whole (a few MB), with
+# a mask of the targets that are a class name (label_targets), which weigh label_weight in the loss
 meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
-digit_ids = torch.tensor(codec.encode(DIGITS), device=device)
 data = {}
 for split in ('train', 'val'):
-    seqs, codes, labels = load_split(data_dir, split, meta)
-    data[split] = tuple(t.to(device) for t in training_pairs(seqs, codec.stoi[PAD]))
-    if split == 'val':  # classification prompts 'image:XXXXXXXX, number:' for the first val images
-        val_prompts = codec.classification_prompts(codes[:eval_classify], device)
+    seqs, codes, labels, tasks = load_split(data_dir, split, meta)
+    X, Y = training_pairs(seqs, codec.stoi[PAD])
+    data[split] = tuple(t.to(device) for t in (X, Y, label_targets(codec, tasks, labels, X.size(1))))
+    if split == 'val':  # reading prompts 'image:XXXX, number:' for the first val images
+        val_prompts = codec.prompts('classification', 'label', codes=codes[:eval_classify], device=device)
         val_labels = labels[:eval_classify].to(device)
 batch_gen = torch.Generator(device=device)
 
 
 def get_batch(split, it):
-    """micro_batch random whole sequences; the draw depends only on (seed, rank, iteration), so a
-    resumed run sees the same batches as one that never stopped."""
-    X, Y = data[split]
+    """micro_batch random whole sequences (inputs, targets, label mask); the draw depends only on
+    (seed, rank, iteration), so a resumed run sees the same batches as one that never stopped."""
     batch_gen.manual_seed(hash((seed, rank, split == 'val', it)) % 2 ** 62)  # ints only: same in every process
-    ix = torch.randint(len(X), (micro_batch,), generator=batch_gen, device=device)
-    return X[ix], Y[ix]
+    ix = torch.randint(len(data[split][0]), (micro_batch,), generator=batch_gen, device=device)
+    return tuple(t[ix] for t in data[split])
 
 
 # model
-iter_num, best_val_loss = 0, 1e9
+iter_num = 0
 run = f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}"  # tells this run's ckpt_{iter}.pt from older ones in out_dir
 if embed_codes:
     path = os.path.join(data_dir, 'code_features.npy')
-    if not os.path.isfile(path) or meta['files'].get('code_features.npy') != sha256_file(path):
-        raise SystemExit(f"error: {path} is missing or not the file {data_dir}/meta.json describes: run prepare.py again")
-    code_features = torch.from_numpy(np.load(path))
+    code_features = torch.from_numpy(load_array(data_dir, 'code_features.npy', meta))
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=meta['block_size'],
                   bias=bias, vocab_size=codec.vocab_size, dropout=dropout, code_offset=codec.code_offset,
                   code_features=code_features.size(1) if embed_codes else 0)
@@ -145,7 +140,7 @@ if init_from == 'resume':
 model = GPT(GPTConfig(**model_args))
 if init_from == 'resume':
     model.load_state_dict(checkpoint['model'])
-    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    iter_num = checkpoint['iter_num']
     run = checkpoint.get('run', run)
 elif embed_codes:
     model.code_features.copy_(code_features)
@@ -173,19 +168,19 @@ if master:
 
 @torch.no_grad()
 def evaluate():
-    """Mean loss over eval_iters fixed batches of each split, and val label accuracy."""
+    """Mean loss over eval_iters fixed batches of each split, and val reading accuracy."""
     raw_model.eval()  # the unwrapped model: only this process evaluates, so no DDP collectives
     out = {}
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            X, Y = get_batch(split, -1 - k)
+            X, Y, _ = get_batch(split, -1 - k)
             with ctx:
                 _, loss = raw_model(X, Y)
             losses[k] = loss.item()
         out[split] = losses.mean().item()
     with ctx:
-        probs = raw_model.next_token_probs(val_prompts, digit_ids)
+        probs = raw_model.choice_probs(val_prompts, codec.choices)
     out['val_accuracy'] = (probs.argmax(1) == val_labels).float().mean().item()
     raw_model.train()
     return out
@@ -202,7 +197,7 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
-X, Y = get_batch('train', iter_num)
+X, Y, M = get_batch('train', iter_num)
 t0 = time.time()
 t_start, iter_start = t0, iter_num
 while True:
@@ -218,12 +213,11 @@ while True:
         elapsed = time.time() - t_start
         print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}, "
               f"val accuracy {ev['val_accuracy']:.4f} [{elapsed:.0f}s]", flush=True)
-        best_val_loss = min(best_val_loss, ev['val'])
         info = dict(run=run, iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
                     val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
         save_checkpoint(dict(model=raw_model.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
         save_checkpoint(dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                             best_val_loss=best_val_loss, rng_state=torch.get_rng_state(), **info),
+                             rng_state=torch.get_rng_state(), **info),
                         os.path.join(out_dir, 'ckpt.pt'))
     if iter_num >= max_iters:
         break
@@ -232,10 +226,10 @@ while True:
         if ddp:  # sync gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with ctx:
-            weights = None if label_weight == 1 else 1 + (label_weight - 1) * torch.isin(Y, digit_ids)
+            weights = None if label_weight == 1 else 1 + (label_weight - 1) * M
             _, loss = model(X, Y, weights=weights)
             loss = loss / gradient_accumulation_steps
-        X, Y = get_batch('train', iter_num + 1 if micro_step == gradient_accumulation_steps - 1
+        X, Y, M = get_batch('train', iter_num + 1 if micro_step == gradient_accumulation_steps - 1
                          else (iter_num, micro_step + 1))  # prefetch the next batch while the GPU works
         scaler.scale(loss).backward()
     if grad_clip != 0.0:

@@ -1,5 +1,6 @@
-"""The four scripts run as a user runs them, on real MNIST with tiny settings: tokenizer -> prepare ->
-train -> sample, resume, and the one-line errors for bad input."""
+"""The four scripts run as a user runs them, with tiny settings: on real MNIST (tokenizer -> prepare ->
+train -> sample, resume, several processes) and on a folder of colour images that the test makes; and
+the one-line errors for bad input."""
 import json
 import os
 import re
@@ -15,11 +16,15 @@ import torch
 
 from conftest import REPO, run_script
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_iters=2',
         '--eval_classify=100', '--warmup_iters=5', '--lr_decay_iters=40', '--log_interval=10']
 
 
-CODE = '[\ue000-\ue07c]'  # the default tokenizer's 125 codes are Private Use Area characters
+def code_class(meta):
+    """A regex character class of the prepared data's image-code characters."""
+    return '[' + re.escape(''.join(meta['vocab'][meta['code_offset']:])) + ']'
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +32,7 @@ def work(mnist_dir, tmp_path_factory):
     """A folder where vqvae.py and prepare.py have run with their defaults (one epoch of the tokenizer),
     and the published MLP tokenizer beside them (out/vqvae_seed, data/seed_vlm)."""
     w = tmp_path_factory.mktemp('work')
-    p = run_script('vqvae.py', f'--mnist_dir={mnist_dir}', '--max_epochs=1', cwd=w)
+    p = run_script('vqvae.py', f'--idx_dir={mnist_dir}', '--max_epochs=1', cwd=w)
     assert 'PSNR' in p.stdout
     run_script('prepare.py', '--augment=1', cwd=w)
     run_script('vqvae.py', os.path.join(REPO, 'config/vqvae_seed.py'), '--max_epochs=1', '--kmeans_samples=2000', cwd=w)
@@ -52,13 +57,17 @@ def test_tokenizer_outputs(work, name, tokens, codes):
     assert (work / f'out/{name}/reconstructions.png').stat().st_size > 0
 
 
-@pytest.mark.parametrize('name, block, tokens, vocab, code, train', [
-    ('mnist_vlm', 72, 49, 149, CODE, 100000),    # the default: 7x7 grid of 125 codes, one moved copy (--augment=1)
-    ('seed_vlm', 32, 8, 50, '[A-Z]', 50000)])    # the published tokenizer: 8 letters
-def test_prepared_data(work, name, block, tokens, vocab, code, train):
+@pytest.mark.parametrize('name, block, tokens, vocab, train', [
+    ('vlm', 72, 49, 149, 100000),    # the default: 7x7 grid of 125 codes, one moved copy (--augment=1)
+    ('seed_vlm', 32, 8, 50, 50000)])    # the published tokenizer: 8 letters
+def test_prepared_data(work, name, block, tokens, vocab, train):
     d = work / 'data' / name
-    meta = json.loads((d / 'meta.json').read_text())
+    meta = json.loads((d / 'meta.json').read_text(encoding='utf-8'))
     assert meta['block_size'] == block and meta['tokens_per_image'] == tokens and meta['vocab_size'] == vocab
+    assert meta['classes'] == list('0123456789') and meta['key'] == 'number' and meta['dataset']['name'] == 'mnist'
+    code = code_class(meta)
+    codes = meta['vocab'][meta['code_offset']:]
+    assert codes == list('ABCDEFGHIJKLMNOPQRSTUVWXYZ') if tokens == 8 else all(c.isprintable() and ord(c) < 0xE000 for c in codes)
     for split, n in (('train', train), ('val', 10000), ('test', 10000)):
         lines = (d / f'{split}.txt').read_text(encoding='utf-8').splitlines()
         assert len(lines) == n and all(len(s) == block for s in lines)
@@ -69,13 +78,21 @@ def test_prepared_data(work, name, block, tokens, vocab, code, train):
         ids = np.fromfile(d / f'{split}.bin', dtype=np.uint16).reshape(n, block)
         assert ''.join(meta['vocab'][i] for i in ids[0]) == lines[0]
         assert np.load(d / f'{split}_codes.npy').shape == (n, tokens)
+        assert np.load(d / f'{split}_images.npy').shape == (n if split != 'train' else 50000, 1, 28, 28)
     assert np.load(d / 'code_features.npy').shape[0] == vocab - 24
     assert (d / 'logo.png').stat().st_size > 0
+    assert not [f for f in os.listdir(d) if f.startswith('.')]  # no temporary files left
     # a fixed seed makes it reproducible
     before = (d / 'train.txt').read_bytes()
-    run_script('prepare.py', f'--data_dir=data/{name}', f'--tokenizer=out/{name.replace("mnist_vlm", "vqvae").replace("seed_vlm", "vqvae_seed")}/ckpt.pt',
-               '--augment=1' if name == 'mnist_vlm' else '--augment=0', cwd=work)
+    tokenizer = 'out/vqvae/ckpt.pt' if name == 'vlm' else 'out/vqvae_seed/ckpt.pt'
+    run_script('prepare.py', f'--data_dir=data/{name}', f'--tokenizer={tokenizer}',
+               '--augment=1' if name == 'vlm' else '--augment=0', cwd=work)
     assert (d / 'train.txt').read_bytes() == before
+    # a failed run leaves what was prepared as it was
+    files = {f: (d / f).read_bytes() for f in ('meta.json', 'test.bin', 'logo.png')}
+    assert 'block_size 20 is too short' in error_line(run_script(
+        'prepare.py', f'--data_dir=data/{name}', f'--tokenizer={tokenizer}', '--block_size=20', cwd=work, check=False))
+    assert all((d / f).read_bytes() == b for f, b in files.items())
 
 
 def test_train_and_sample(work):
@@ -84,30 +101,32 @@ def test_train_and_sample(work):
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
     p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', cwd=work)
+    meta = json.loads((work / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]  # the newest run's only
     assert 'left out, from other runs: ckpt_15.pt, ckpt_30.pt' in p.stdout
     q = report['quality']
     assert q['iter'] == 20 and q['generated'] == 300 and q['generation_validity'] == 1.0
-    assert 0 <= q['generation_fidelity'] <= 1 and len(q['generation_fidelity_per_digit']) == 10
+    assert 0 <= q['generation_fidelity'] <= 1 and list(q['generation_fidelity_per_class']) == list('0123456789')
     assert q['reference_test_accuracy'] > 0.97 and q['reconstruction_fidelity'] > 0.5  # a real CNN, a 1-epoch tokenizer
     assert q['generation_frechet'] > 0 and q['reconstruction_frechet'] > 0 and 1 <= q['distinct_generations'] <= 300
-    assert (work / 'out/reference_cnn.pt').is_file() and 'quality (reference CNN' in p.stdout
+    assert q['reference'] == 'out/reference_mnist.pt' and (work / q['reference']).is_file()
+    assert report['dataset'] == 'MNIST' and 'quality (reference classifier' in p.stdout
     for r in report['checkpoints']:
         assert r['n_test'] == 10000 and 0 <= r['classification_accuracy'] <= 1 and r['generation_validity'] == 1.0
         assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
     assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
     assert 'test accuracy' in p.stdout
 
-    p = run_script('sample.py', '--out_dir=out/run', '--mode=generate', '--digits=38', '--num_samples=3',
+    p = run_script('sample.py', '--out_dir=out/run', '--mode=generate', '--labels=38', '--num_samples=3',
                    '--save_npy=out/run/gen.npy', '--png_dir=out/run/png', '--png_size=64', cwd=work)
     images, labels = np.load(out / 'gen.npy'), np.load(out / 'gen_labels.npy')
-    assert images.shape == (6, 28, 28) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
+    assert images.shape == (6, 1, 28, 28) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
     assert labels.tolist() == [3, 3, 3, 8, 8, 8]
     from PIL import Image
     assert sorted(os.listdir(out / 'png'))[:2] == ['3_0000.png', '3_0001.png'] and len(os.listdir(out / 'png')) == 6
     assert Image.open(out / 'png' / '8_0002.png').size == (64, 64)
-    assert re.search(rf'number:8, image:{CODE}{{49}}\.', p.stdout)
+    assert re.search(rf'number:8, image:{code_class(meta)}{{49}}\.', p.stdout)
 
     p = run_script('sample.py', '--out_dir=out/run', '--mode=classify', '--image=0-2,7', cwd=work)
     assert len(re.findall(r'test\[\d+\]: \d \(true \d\)', p.stdout)) == 4
@@ -178,12 +197,13 @@ def test_clear_errors(work, tmp_path):
     cases = [
         (('prepare.py',), empty, 'no tokenizer checkpoint at out/vqvae/ckpt.pt: run vqvae.py first'),
         (('train.py',), empty, 'run prepare.py first'),
-        (('sample.py',), empty, 'run prepare.py first'),
+        (('sample.py',), empty, 'no ckpt_{iter}.pt in out/vlm: run train.py first'),
         (('train.py', '--nope=1'), work, "unknown config key 'nope'"),
         (('train.py', '--n_layer=two'), work, 'n_layer expects a int'),
         (('train.py', '--init_from=resume', '--out_dir=out/none'), work, 'no checkpoint to resume at out/none/ckpt.pt'),
         (('sample.py', '--out_dir=out/none'), work, 'no ckpt_{iter}.pt in out/none: run train.py first'),
-        (('vqvae.py', f'--mnist_dir={tmp_path}', '--out_dir=out/v'), empty, 'mnist_dir must hold the four MNIST files'),
+        (('vqvae.py', f'--idx_dir={tmp_path}', '--out_dir=out/v'), empty, 'idx_dir must hold the four MNIST files'),
+        (('vqvae.py', '--dataset=nowhere', '--out_dir=out/v'), empty, "dataset must be 'mnist', 'fashion' or a folder"),
     ]
     for args, cwd, message in cases:
         assert message in error_line(run_script(*args, cwd=cwd, check=False)), args
@@ -192,12 +212,12 @@ def test_clear_errors(work, tmp_path):
     (work / 'bad.png').write_bytes(b'')
     (work / 'noise.png').write_text('not an image')
     for args, message in [
-        (('--mode=generate', '--digits=7x'), 'a label is one digit 0-9'),
+        (('--mode=generate', '--labels=7x'), "unknown class 'x'"),
         (('--mode=classify', '--image=bad.png'), 'cannot read image bad.png'),
         (('--mode=classify', '--image=noise.png'), 'cannot read image noise.png'),
         (('--mode=classify', '--image=99999'), 'test indices must be 0..9999'),
         (('--mode=classify', '--image=missing.png'), 'image file missing.png not found'),
-        (('--mode=fly',), "mode must be 'eval', 'generate' or 'classify'"),
+        (('--mode=fly',), "mode must be 'eval', 'generate', 'classify'"),
     ]:
         assert message in error_line(run_script('sample.py', '--out_dir=out/err', *args, cwd=work, check=False)), args
     from PIL import Image
@@ -210,8 +230,8 @@ def test_clear_errors(work, tmp_path):
     assert 'loss is not finite' in error_line(p)
     assert not (work / 'out/nan/ckpt.pt').exists()
     # a data folder whose files are not the ones its meta.json describes (prepare.py interrupted)
-    shutil.copytree(work / 'data/mnist_vlm', work / 'data/mixed')
-    (work / 'data/mixed/val.bin').write_bytes((work / 'data/mnist_vlm/train.bin').read_bytes()[:640000])
+    shutil.copytree(work / 'data/vlm', work / 'data/mixed')
+    (work / 'data/mixed/val.bin').write_bytes((work / 'data/vlm/train.bin').read_bytes()[:640000])
     assert 'is not the file data/mixed/meta.json describes' in error_line(run_script(
         'train.py', '--data_dir=data/mixed', cwd=work, check=False))
     # a checkpoint used with data prepared differently
@@ -220,3 +240,46 @@ def test_clear_errors(work, tmp_path):
         'sample.py', '--out_dir=out/err', '--data_dir=data/other', cwd=work, check=False))
     assert 'was trained on other data' in error_line(run_script(
         'train.py', '--out_dir=out/err', '--data_dir=data/other', '--init_from=resume', cwd=work, check=False))
+
+
+def test_colour_folder_through_the_whole_pipeline(tmp_path):
+    """A user's folder of colour images (class names with a space and a non-ASCII letter, one file that
+    is not an image) through all four scripts: the data set is named once, to vqvae.py."""
+    from shapes import CLASSES, make_shapes
+    root = make_shapes(str(tmp_path / 'my images'), 12, size=24)
+    (tmp_path / 'my images' / 'triangle' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n but cut short')
+    p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--hidden=16', '--max_epochs=2', cwd=tmp_path)
+    assert 'warning: skipped 1 unreadable image file' in p.stdout and '16x16 colour' in p.stdout
+    ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
+    assert ck['dataset']['classes'] == sorted(CLASSES) and ck['model_args']['channels'] == 3
+    run_script('prepare.py', '--augment=1', cwd=tmp_path)
+    meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
+    assert meta['classes'] == sorted(CLASSES) and meta['key'] == 'class' and meta['tokens_per_image'] == 16
+    lines = (tmp_path / 'data/vlm/train.txt').read_text(encoding='utf-8').splitlines()
+    names = '|'.join(re.escape(c) for c in CLASSES)
+    code = code_class(meta)
+    pat = re.compile(rf'(class:({names}), image:{code}{{16}}\.|image:{code}{{16}}, class:({names})\.)#*')
+    assert len(lines) == 2 * 40 and all(pat.fullmatch(s) for s in lines)
+    assert any('class:hollow square' in s for s in lines) and any('class:étoile' in s for s in lines)
+    assert np.load(tmp_path / 'data/vlm/test_images.npy').shape == (4, 3, 16, 16)
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--eval_classify=8', cwd=tmp_path)
+    p = run_script('sample.py', '--num_samples=3', '--fidelity_samples=5', '--views=3', cwd=tmp_path)
+    report = json.loads((tmp_path / 'out/vlm/eval.json').read_text(encoding='utf-8'))
+    assert report['classes'] == sorted(CLASSES) and report['quality']['generated'] == 20
+    assert report['quality']['reference'] == 'out/reference_my-images.pt' and (tmp_path / 'out/reference_my-images.pt').is_file()
+    assert [r['iter'] for r in report['checkpoints']] == [10, 20] and report['checkpoints'][-1]['n_test'] == 4
+    assert set(report['quality']['generation_fidelity_per_class']) == set(CLASSES)
+    from PIL import Image
+    grid = Image.open(tmp_path / 'out/vlm/samples_20.png')
+    assert grid.mode == 'RGB' and grid.width > 3 * 2 * 18 + 40  # three images a row and the class names left of them
+    p = run_script('sample.py', '--mode=generate', '--labels=étoile,hollow square', '--num_samples=2',
+                   '--png_dir=out/png', cwd=tmp_path)
+    assert re.search(rf'class:étoile, image:{code}{{16}}\.', p.stdout)
+    assert sorted(os.listdir(tmp_path / 'out/png')) == ['hollow-square_0000.png', 'hollow-square_0001.png',
+                                                        'étoile_0000.png', 'étoile_0001.png']
+    Image.open(os.path.join(root, 'circle', '00003.png')).resize((50, 40)).save(tmp_path / 'mine.jpg')
+    p = run_script('sample.py', '--mode=classify', '--image=mine.jpg', cwd=tmp_path)
+    assert re.search(rf'mine\.jpg: ({names})  p: circle:0\.\d+ hollow square:', p.stdout)
+    assert Image.open(tmp_path / 'out/vlm/classify_input.png').size == (16, 16)
+    assert "unknown class 'square'" in error_line(run_script('sample.py', '--mode=generate', '--labels=square',
+                                                             cwd=tmp_path, check=False))

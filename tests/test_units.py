@@ -1,6 +1,7 @@
-"""Unit tests: settings, the MNIST reader, the codec and sequence format, batching, the models."""
+"""Unit tests: settings, the data sets and images, the codec and sequence tasks, batching, the models."""
 import gzip
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -8,10 +9,19 @@ import torch
 import torch.nn.functional as F
 
 import configurator
-import vqvae
-from model import FSQ, GPT, DigitCNN, GPTConfig, VQVAE, atomic_write, load_checkpoint, pick_dtype, save_checkpoint
-from prepare import DIGITS, PAD, Codec, augmented, shifted, training_pairs
+import dataset
+from common import atomic_write, load_checkpoint, pick_dtype, save_checkpoint
+from dataset import augmented, shifted
+from model import FSQ, GPT, GPTConfig, ImageCNN, VQVAE
+from prepare import PAD, Codec, code_alphabet, label_targets, training_pairs
 from sample import frechet_distance, read_labels
+
+DIGITS = list('0123456789')
+FASHION = dataset.IDX_SETS['fashion']['classes']
+
+
+def mnist_codec(codebook_size=26, tokens=8, block=32):
+    return Codec(DIGITS, 'number', codebook_size, tokens, block)
 
 
 # settings ---------------------------------------------------------------------------------------------
@@ -42,7 +52,7 @@ def test_configure_errors(argv, message):
         configurator.configure(settings(), argv)
 
 
-# MNIST reader -----------------------------------------------------------------------------------------
+# IDX data sets ----------------------------------------------------------------------------------------
 
 def write_idx(path, arr, magic_type=0x08):
     header = bytes([0, 0, magic_type, arr.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in arr.shape)
@@ -55,8 +65,8 @@ def test_read_idx_round_trip(tmp_path):
     labels = np.arange(5, dtype=np.uint8)
     write_idx(tmp_path / 'im.gz', images)
     write_idx(tmp_path / 'lb.gz', labels)
-    assert np.array_equal(vqvae.read_idx(str(tmp_path / 'im.gz')), images)
-    assert np.array_equal(vqvae.read_idx(str(tmp_path / 'lb.gz')), labels)
+    assert np.array_equal(dataset.read_idx(str(tmp_path / 'im.gz')), images)
+    assert np.array_equal(dataset.read_idx(str(tmp_path / 'lb.gz')), labels)
 
 
 def test_read_idx_errors(tmp_path):
@@ -65,61 +75,230 @@ def test_read_idx_errors(tmp_path):
     raw = (tmp_path / 'ok.gz').read_bytes()
     (tmp_path / 'cut.gz').write_bytes(raw[:len(raw) // 2])
     with pytest.raises(SystemExit, match='not a complete gzip file'):
-        vqvae.read_idx(str(tmp_path / 'cut.gz'))
+        dataset.read_idx(str(tmp_path / 'cut.gz'))
     with gzip.open(tmp_path / 'short.gz', 'wb') as f:  # valid gzip, IDX data cut short
         f.write(gzip.decompress(raw)[:-100])
     with pytest.raises(SystemExit, match='truncated or corrupted'):
-        vqvae.read_idx(str(tmp_path / 'short.gz'))
+        dataset.read_idx(str(tmp_path / 'short.gz'))
     write_idx(tmp_path / 'float.gz', images, magic_type=0x0D)
     with pytest.raises(SystemExit, match='not an IDX file of unsigned bytes'):
-        vqvae.read_idx(str(tmp_path / 'float.gz'))
+        dataset.read_idx(str(tmp_path / 'float.gz'))
     (tmp_path / 'plain.gz').write_bytes(b'not gzip at all')
     with pytest.raises(SystemExit, match='not a complete gzip file'):
-        vqvae.read_idx(str(tmp_path / 'plain.gz'))
-    assert vqvae.read_idx(str(tmp_path / 'ok.gz'), sha256='0' * 64) is None  # checksum mismatch
+        dataset.read_idx(str(tmp_path / 'plain.gz'))
+    assert dataset.read_idx(str(tmp_path / 'ok.gz'), sha256='0' * 64) is None  # checksum mismatch
 
 
-def test_load_mnist_missing_files(tmp_path, monkeypatch):
+def test_load_idx_missing_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match='mnist_dir must hold the four MNIST files'):
-        vqvae.load_mnist(str(tmp_path / 'nowhere'))
+    with pytest.raises(SystemExit, match='idx_dir must hold the four MNIST files'):
+        dataset.load_idx('mnist', str(tmp_path / 'nowhere'))
+    with pytest.raises(SystemExit, match='idx_dir must hold the four Fashion-MNIST files'):
+        dataset.load_idx('fashion', str(tmp_path / 'nowhere'))
 
 
-def test_load_mnist_checksum_mismatch_is_fetched_once_more(tmp_path, monkeypatch):
+def small_fashion(folder, n_train=60, n_test=20):
+    """A small Fashion-MNIST in IDX files, and the SHA-256 of its decompressed contents."""
+    import hashlib
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (n_train, 28, 28)), np.arange(n_train) % 10,
+              rng.integers(0, 256, (n_test, 28, 28)), np.arange(n_test) % 10]
+    shas = []
+    folder.mkdir(exist_ok=True)
+    for name, a in zip(dataset.IDX_NAMES, arrays):
+        write_idx(folder / (name + '.gz'), a)
+        shas.append(hashlib.sha256(gzip.decompress((folder / (name + '.gz')).read_bytes())).hexdigest())
+    return arrays, shas
+
+
+def test_fashion_loader_on_a_small_idx_set(tmp_path, monkeypatch):
+    """Fashion-MNIST reads as MNIST does, with its class names and 'class:' key; every file is checked
+    against the SHA-256 of its contents, and a wrong file is an error, not a silent swap."""
+    monkeypatch.chdir(tmp_path)
+    arrays, shas = small_fashion(tmp_path / 'src')
+    with pytest.raises(SystemExit, match='does not match the SHA-256 of Fashion-MNIST'):
+        dataset.load_idx('fashion', str(tmp_path / 'src'))
+    monkeypatch.setitem(dataset.IDX_SETS['fashion'], 'sha256', shas)
+    monkeypatch.setattr(dataset, 'N_TRAIN', 50)
+    splits, info = dataset.load_dataset('fashion', str(tmp_path / 'src'), quiet=True)
+    assert [len(splits[s][1]) for s in ('train', 'val', 'test')] == [50, 10, 20]
+    assert splits['train'][0].shape == (50, 1, 28, 28) and splits['train'][0].dtype == np.uint8
+    assert np.array_equal(splits['test'][0][:, 0], arrays[2]) and np.array_equal(splits['val'][1], arrays[1][50:])
+    assert info['classes'] == FASHION and info['key'] == 'class' and info['channels'] == 1
+    assert info['classes'][0] == 'T-shirt/top' and info['classes'][9] == 'Ankle boot'
+    assert os.path.isfile(os.path.join('data', 'fashion', 't10k-labels-idx1-ubyte.gz'))  # cached
+    again, info2 = dataset.load_dataset('fashion', '', quiet=True)  # from the cache, no source needed
+    assert info2['fingerprint'] == info['fingerprint']
+    with pytest.raises(SystemExit, match='image_size must be 0'):
+        dataset.load_dataset('fashion', '', image_size=32, quiet=True)
+
+
+def test_load_idx_checksum_mismatch_is_fetched_once_more(tmp_path, monkeypatch):
     """A corrupted copy is removed and fetched again; if the source is bad too, a clear error."""
     monkeypatch.chdir(tmp_path)
     src = tmp_path / 'src'
     src.mkdir()
-    for name in vqvae.MNIST_FILES:
+    for name in dataset.IDX_NAMES:
         write_idx(src / (name + '.gz'), np.zeros((3, 2, 2), dtype=np.uint8))
     with pytest.raises(SystemExit, match='does not match the SHA-256 of MNIST'):
-        vqvae.load_mnist(str(src))
+        dataset.load_idx('mnist', str(src))
     assert not os.path.exists(os.path.join('data', 'mnist', 'train-images-idx3-ubyte.gz'))
 
 
 def test_load_mnist_from_dir(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    splits = vqvae.mnist_splits(mnist_dir)
+    splits = dataset.idx_splits('mnist', mnist_dir)
     assert [len(splits[s][0]) for s in ('train', 'val', 'test')] == [50000, 10000, 10000]
-    assert splits['train'][0].shape[1:] == (28, 28) and splits['train'][0].max() == 1.0
+    assert splits['train'][0].shape[1:] == (1, 28, 28) and splits['train'][0].max() == 255
     assert os.path.isfile(os.path.join('data', 'mnist', 't10k-labels-idx1-ubyte.gz'))  # cached
     # a corrupted cache file is replaced from the source
     with open(os.path.join('data', 'mnist', 't10k-labels-idx1-ubyte.gz'), 'r+b') as f:
         f.seek(100)
         f.write(b'\xff\xff\xff')
-    assert np.array_equal(vqvae.load_mnist(mnist_dir)['test_labels'], (splits['test'][1]).astype(np.uint8))
+    assert np.array_equal(dataset.load_idx('mnist', mnist_dir)['test_labels'], splits['test'][1].astype(np.uint8))
 
 
-# codec and sequence format ----------------------------------------------------------------------------
+# a folder of class folders ----------------------------------------------------------------------------
+
+def draw(shape, colour, size=40, seed=0):
+    """An RGB picture of a filled circle or square at a random place."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((size, size, 3), dtype=np.uint8)
+    c, r = rng.integers(size // 3, 2 * size // 3, 2), size // 5
+    yy, xx = np.mgrid[:size, :size]
+    inside = ((yy - c[0]) ** 2 + (xx - c[1]) ** 2 < r * r) if shape == 'circle' else (
+        (abs(yy - c[0]) < r) & (abs(xx - c[1]) < r))
+    a[inside] = colour
+    return a
+
+
+def make_folder(root, classes, n=6, size=40, grey=False, extra=None):
+    from PIL import Image
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = draw('circle' if k % 2 else 'square', (200, 60 * k % 255, 40), size, seed=10 * k + i)
+            im = Image.fromarray(a).convert('L') if grey else Image.fromarray(a)
+            im.save(root / name / f'{i}.{"jpg" if i % 3 == 0 else "png"}')
+    return root
+
+
+def test_folder_of_class_folders(tmp_path):
+    root = make_folder(tmp_path / 'imgs', ['red square', 'Ünïcode círcle', 'third'], n=10)
+    (root / 'third' / 'broken.png').write_bytes(b'\x89PNG not really')
+    (root / 'third' / 'notes.txt').write_text('not an image, not counted')
+    splits, info = dataset.load_dataset(str(root), quiet=True)
+    assert info['classes'] == sorted(['red square', unicodedata.normalize('NFC', 'Ünïcode círcle'), 'third'])
+    assert info['channels'] == 3 and info['image_size'] == 40 and info['key'] == 'class' and info['fit'] is None
+    assert [len(splits[s][1]) for s in ('train', 'val', 'test')] == [24, 3, 3]  # 10 per class: 8/1/1
+    for s in ('train', 'val', 'test'):
+        assert splits[s][0].shape[1:] == (3, 40, 40) and sorted(set(splits[s][1].tolist())) == [0, 1, 2]
+    again, info2 = dataset.load_dataset(str(root), quiet=True)  # the same split every time
+    assert info2['fingerprint'] == info['fingerprint'] and np.array_equal(again['test'][0], splits['test'][0])
+    grey, ginfo = dataset.load_dataset(str(make_folder(tmp_path / 'grey', ['a', 'b'], grey=True)), image_size=16, quiet=True)
+    assert ginfo['channels'] == 1 and grey['train'][0].shape[1:] == (1, 16, 16)
+
+
+def test_folder_with_its_own_splits(tmp_path):
+    for split in ('train', 'test'):
+        make_folder(tmp_path / 'set' / split, ['cat', 'dog'], n=10)
+    splits, info = dataset.load_dataset(str(tmp_path / 'set'), quiet=True)
+    assert info['classes'] == ['cat', 'dog'] and len(splits['test'][1]) == 20
+    assert len(splits['val'][1]) == 2 and len(splits['train'][1]) == 18  # val: a tenth of train/
+
+
+@pytest.mark.parametrize('setup, message', [
+    (lambda r: make_folder(r, ['only']), r'has 1 class folder \(only\)'),
+    (lambda r: (make_folder(r, ['a', 'b']), (r / 'empty').mkdir()), "class folder 'empty'.*has no readable images"),
+    (lambda r: make_folder(r, ['a', 'b'], n=2), "class 'a' has 2 readable images: each class needs at least 3"),
+    (lambda r: make_folder(r, ['a', 'b#c']), "cannot hold '#'"),
+    (lambda r: (make_folder(r / 'train', ['a', 'b']), make_folder(r / 'val', ['a', 'b'])), 'needs train/ and test/'),
+    (lambda r: r.mkdir(), 'has 0 class folders'),
+])
+def test_folder_errors(tmp_path, setup, message):
+    root = tmp_path / 'imgs'
+    setup(root)
+    with pytest.raises(SystemExit, match=message):
+        dataset.load_dataset(str(root), quiet=True)
+    with pytest.raises(SystemExit, match='is not a folder'):
+        dataset.load_dataset(str(tmp_path / 'nowhere'), quiet=True)
+
+
+def test_mixed_sizes_are_resized_with_a_counted_warning(tmp_path, capsys):
+    from PIL import Image
+    root = make_folder(tmp_path / 'imgs', ['a', 'b'], n=4)
+    Image.fromarray(draw('circle', (0, 200, 0), 50)[:, :30]).save(root / 'a' / 'tall.png')
+    splits, info = dataset.load_dataset(str(root))
+    out = capsys.readouterr().out
+    assert info['image_size'] == 32 and 'resized every image to 32x32' in out and '1 image not square' in out
+    assert splits['train'][0].shape[2:] == (32, 32)
+
+
+# images -------------------------------------------------------------------------------------------------
+
+def test_prepare_image_as_the_data_set_was_made(tmp_path):
+    """A dark drawing on light paper, any size, becomes MNIST's light digit on black in 28x28; a
+    transparent background is seen as paper; a folder image is centre-cropped and resized."""
+    from PIL import Image
+    canvas = np.full((90, 70, 3), 240, dtype=np.uint8)
+    canvas[20:70, 30:38] = 20  # a thick vertical stroke
+    Image.fromarray(canvas).save(tmp_path / 'one.png')
+    mnist = dict(image_size=28, channels=1, fit=dataset.IDX_SETS['mnist']['fit'])
+    a = dataset.read_image_file(str(tmp_path / 'one.png'), mnist)
+    assert a.shape == (1, 28, 28) and a.max() > 0.8 and a[0, :4].max() == 0  # light on black, in the 20x20 box
+    assert a[0, 4:24].max(1).min() > 0.5  # the stroke fills the box's height
+    rgba = np.zeros((60, 60, 4), dtype=np.uint8)
+    rgba[10:50, 28:32] = (0, 0, 0, 255)  # dark strokes, transparent elsewhere
+    Image.fromarray(rgba, 'RGBA').save(tmp_path / 'alpha.png')
+    b = dataset.read_image_file(str(tmp_path / 'alpha.png'), mnist)
+    assert b.max() > 0.8 and b[0, 14, 14] > 0.5
+    colour = dataset.read_image_file(str(tmp_path / 'one.png'), dict(image_size=16, channels=3, fit=None))
+    assert colour.shape == (3, 16, 16)
+    Image.new('L', (40, 40), 255).save(tmp_path / 'blank.png')
+    with pytest.raises(SystemExit, match='is blank'):
+        dataset.read_image_file(str(tmp_path / 'blank.png'), mnist)
+    (tmp_path / 'noise.png').write_text('not an image')
+    with pytest.raises(SystemExit, match='cannot read image'):
+        dataset.read_image_file(str(tmp_path / 'noise.png'), mnist)
+
+
+def test_shifted_moves_pixels():
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, 0, 10, 12] = 1
+    assert shifted(x, 1, 0)[0, 0, 10, 13] == 1 and shifted(x, 0, -1)[0, 0, 9, 12] == 1 and shifted(x, 0, 0).equal(x)
+    y = shifted(x, torch.tensor([1, -2]), torch.tensor([0, 1]))  # one move per image
+    assert y[0, 0, 10, 13] == 1 and y[1, 0, 11, 10] == 1 and y.sum() == 2
+
+
+def test_augmented_images_move_but_keep_ink():
+    x = torch.zeros(200, 3, 28, 28)
+    x[:, :, 10:18, 12:16] = 1
+    y = augmented(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and 0 <= y.min() <= y.max() <= 1
+    assert not torch.equal(x, y)
+    assert (y.sum((1, 2, 3)) / x.sum((1, 2, 3)) - 1).abs().max() < 0.3  # moved, rotated, scaled a little
+    assert torch.equal(augmented(x, torch.Generator().manual_seed(0)), y)
+
+
+def test_image_grid_with_row_labels(tmp_path):
+    from PIL import Image
+    images = torch.rand(6, 3, 12, 12)
+    dataset.save_image_grid(images, tmp_path / 'g.png', 3, row_labels=['T-shirt/top', 'Ünïcode'])
+    im = Image.open(tmp_path / 'g.png')
+    plain = Image.open((dataset.save_image_grid(images, tmp_path / 'p.png', 3), tmp_path / 'p.png')[1])
+    assert im.mode == 'RGB' and im.height == plain.height and im.width > plain.width + 40
+
+
+# codec and sequence tasks -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('codebook_size, tokens', [(26, 8), (10, 4), (1000, 16), (6400, 49)])
 def test_codec_round_trip(codebook_size, tokens):
-    codec = Codec(codebook_size, tokens, block_size=tokens + 20)
+    codec = mnist_codec(codebook_size, tokens, block=tokens + 20)
     codes = np.random.default_rng(0).integers(0, codebook_size, tokens)
     text = codec.image_text(codes)
     assert len(text) == tokens and np.array_equal(codec.image_codes(text), codes)
-    seq = codec.pad(codec.generation(3, codes))
-    assert codec.decode(codec.encode(seq)) == seq
+    seq = codec.pad(codec.text('generation', 3, codes))
+    assert codec.decode(codec.encode(seq)) == seq and codec.parse(seq) == ('generation', 3, pytest.approx(codes))
     ids = codec.encode(text)
     assert min(ids) >= codec.code_offset and codec.vocab_size == codec.code_offset + codebook_size
     assert not set(text) & set(codec.itos[:codec.code_offset])  # codes are disjoint from the text
@@ -127,30 +306,65 @@ def test_codec_round_trip(codebook_size, tokens):
         assert set(text) <= set('ABCDEFGHIJKLMNOPQRSTUVWXYZ')
 
 
+def test_code_characters_are_printable():
+    """Codebooks above 26 use letters a terminal shows: no Private Use Area, no combining marks, no
+    right-to-left scripts, never a character of the text."""
+    chars = code_alphabet(6400, exclude='éÀ')
+    assert len(set(chars)) == 6400 and 'é' not in chars and 'À' not in chars
+    for c in chars:
+        assert c.isprintable() and not 0xE000 <= ord(c) <= 0xF8FF
+        assert unicodedata.category(c) in ('Lu', 'Ll', 'Lo') and unicodedata.bidirectional(c) == 'L'
+    codec = Codec(['café', 'thé'], 'class', 125, 49, 80)
+    assert not set(codec.code_chars) & set('caféthé')
+
+
 def test_templates_and_padding():
-    codec = Codec(26, 8, 32)
+    codec = mnist_codec()
     codes = [15, 19, 10, 17, 22, 2, 8, 20]
     assert codec.image_text(codes) == 'PTKRWCIU'
-    assert codec.pad(codec.generation(7, codes)) == 'number:7, image:PTKRWCIU.#######'
-    assert codec.pad(codec.classification(codes, 7)) == 'image:PTKRWCIU, number:7.#######'
-    assert codec.generation_prompt(7) == 'number:7, image:'
-    assert codec.classification_prompt(codes) == 'image:PTKRWCIU, number:'
-    assert codec.image_text(codes) == 'PTKRWCIU' and codec.vocab_size == 50
-    assert codec.is_generation('number:7, image:PTKRWCIU.')
+    assert codec.pad(codec.text('generation', 7, codes)) == 'number:7, image:PTKRWCIU.#######'
+    assert codec.pad(codec.text('classification', 7, codes)) == 'image:PTKRWCIU, number:7.#######'
+    assert codec.prefix('generation', 'image', 7) == 'number:7, image:'
+    assert codec.prefix('classification', 'label', codes=codes) == 'image:PTKRWCIU, number:'
+    assert codec.prefix('classification', 'image') == 'image:'
+    assert codec.vocab_size == 50 and codec.choices == [[codec.stoi[d]] for d in DIGITS]
+    assert codec.parse('number:7, image:PTKRWCIU.####')[:2] == ('generation', 7)
     for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
-                'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:7.'):
-        assert not codec.is_generation(bad)
+                'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:72.'):
+        assert codec.parse(bad) is None
+    assert codec.label_span('generation', 7) == (7, 8) and codec.label_span('classification', 7) == (23, 24)
     with pytest.raises(SystemExit, match='longer than block_size'):
         codec.pad('x' * 33)
     with pytest.raises(SystemExit, match='block_size 20 is too short'):
-        Codec(26, 8, 20)
+        mnist_codec(block=20)
 
 
-@pytest.mark.parametrize('bad', ['x', '10', '-1', 7.5])
+def test_class_names_as_words():
+    codec = Codec(FASHION, 'class', 125, 49, 80)
+    codes = list(range(49))
+    s = codec.text('classification', 0, codes)
+    assert s.startswith('image:') and s.endswith(', class:T-shirt/top.')
+    assert codec.text('generation', 9, codes).startswith('class:Ankle boot, image:')
+    assert codec.parse(codec.pad(s))[:2] == ('classification', 0)
+    assert codec.labels('Sneaker,bag') == [7, 8] and codec.labels('') == list(range(10)) and codec.labels('3') == [3]
+    assert mnist_codec().labels('0123') == [0, 1, 2, 3] and mnist_codec().labels('7') == [7]
+    for bad in ('Sneakers', '10', 'x7'):
+        with pytest.raises(SystemExit, match='unknown class'):
+            codec.label(bad)
+    with pytest.raises(SystemExit, match='unknown class'):
+        mnist_codec().labels('7x')
+    start, end = codec.label_span('classification', 0)
+    assert s[start:end] == 'T-shirt/top'
+    # a class name that starts another: reading scores the end of the sequence too
+    prefixed = Codec(['Shirt', 'Shirts', 'Bag'], 'class', 26, 8, 40)
+    assert all(c[-1] == prefixed.stoi['.'] for c in prefixed.choices)
+
+
+@pytest.mark.parametrize('bad', ['x', '10', '-1', '7.5'])
 def test_bad_labels_and_characters(bad):
-    codec = Codec(26, 8, 32)
-    with pytest.raises(SystemExit, match='one digit 0-9'):
-        codec.generation_prompt(bad)
+    codec = mnist_codec()
+    with pytest.raises(SystemExit, match='unknown class'):
+        codec.label(bad)
     with pytest.raises(SystemExit, match='not in the vocabulary'):
         codec.encode('image:ABC!, number:')
     with pytest.raises(SystemExit, match='8 code characters'):
@@ -158,10 +372,10 @@ def test_bad_labels_and_characters(bad):
 
 
 def test_training_pairs_start_at_sequence_starts():
-    codec = Codec(26, 8, 32)
+    codec = mnist_codec()
     rng = np.random.default_rng(0)
-    lines = [codec.pad(codec.generation(d, rng.integers(0, 26, 8)) if d % 2 else
-                       codec.classification(rng.integers(0, 26, 8), d)) for d in range(10)]
+    lines = [codec.pad(codec.text('generation' if d % 2 else 'classification', d, rng.integers(0, 26, 8)))
+             for d in range(10)]
     seqs = torch.tensor([codec.encode(s) for s in lines])
     X, Y = training_pairs(seqs, codec.stoi[PAD])
     assert X.shape == Y.shape == (10, 24)  # 'number:7, image:PTKRWCIU.': 24 inputs predict 24 targets
@@ -169,6 +383,19 @@ def test_training_pairs_start_at_sequence_starts():
         assert codec.decode(x) == line[:24]  # every row is one whole sequence from its start
         n = line.index('.') + 1
         assert codec.decode(y[:n - 1]) == line[1:n] and (y[n - 1:] == -1).all()
+
+
+def test_label_targets_come_from_the_tasks():
+    """The targets that are a class name, found from the task table, whatever the name's length."""
+    codec = Codec(FASHION, 'class', 26, 8, 40)
+    tasks, labels = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 8, 9])
+    lines = [codec.pad(codec.text(list(codec.tasks)[t], y, [1] * 8)) for t, y in zip(tasks.tolist(), labels.tolist())]
+    X, Y = training_pairs(torch.tensor([codec.encode(s) for s in lines]), codec.stoi[PAD])
+    mask = label_targets(codec, tasks, labels, X.size(1))
+    for line, y, m in zip(lines, Y, mask):
+        name = codec.decode(y[m])
+        assert name in FASHION and name in line
+    assert codec.decode(Y[0][mask[0]]) == 'T-shirt/top' and codec.decode(Y[3][mask[3]]) == 'Ankle boot'
 
 
 # models -----------------------------------------------------------------------------------------------
@@ -179,33 +406,35 @@ def tiny_gpt(vocab_size=50):
 
 
 def test_kv_cache_gives_the_same_tokens():
+    """Greedy generation with the cache draws what the whole prefix read again at every step draws."""
     model = tiny_gpt()
-    codec = Codec(26, 8, 32)
-    idx = codec.generation_prompts(DIGITS)
-    mask = codec.mask(codes=True)
-    outs = [model.generate(idx, 8, allowed=mask, use_cache=c, generator=torch.Generator().manual_seed(1))
-            for c in (True, False)]
-    assert torch.equal(outs[0], outs[1])
-    assert (outs[0][:, idx.size(1):] >= codec.code_offset).all()  # only image codes were drawn
+    codec = mnist_codec()
+    idx = codec.prompts('generation', 'image', labels=range(10))
+    mask = codec.code_mask()
+    out = model.generate(idx, 8, temperature=0, allowed=mask)
+    assert (out[:, idx.size(1):] >= codec.code_offset).all()  # only image codes were drawn
+    plain = idx
+    for _ in range(8):  # nanoGPT's loop: the whole prefix every step
+        logits, _ = model(plain, targets=torch.zeros_like(plain))
+        plain = torch.cat([plain, logits[:, -1].masked_fill(~mask, -float('inf')).argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, plain)
     cache = [[None, None] for _ in model.transformer.h]  # prefix + several tokens at once == one pass
-    full, _ = model(outs[0][:, :20], targets=torch.zeros(10, 20, dtype=torch.long))
-    model(outs[0][:, :12], kv_cache=cache)
-    part, _ = model(outs[0][:, 12:20], kv_cache=cache)
+    full, _ = model(out[:, :20], targets=torch.zeros(10, 20, dtype=torch.long))
+    model(out[:, :12], kv_cache=cache)
+    part, _ = model(out[:, 12:20], kv_cache=cache)
     assert torch.allclose(part[:, -1], full[:, 19], atol=1e-5)
 
 
-def test_guidance_with_and_without_cache():
-    """Classifier-free guidance: the same tokens with and without the cache, and other tokens than
-    without guidance (the unconditional stream changes the distribution)."""
+def test_guidance_changes_the_distribution():
+    """Classifier-free guidance against 'image:': other tokens than without guidance, still codes only."""
     model = tiny_gpt()
-    codec = Codec(26, 8, 32)
-    idx, uncond = codec.generation_prompts(DIGITS), codec.image_prompts(10)
+    codec = mnist_codec()
+    idx, uncond = codec.prompts('generation', 'image', labels=range(10)), codec.prompts('classification', 'image', labels=[None] * 10)
     assert codec.decode(uncond[0]) == 'image:'
-    mask = codec.mask(codes=True)
-    run = lambda c, g: model.generate(idx, 8, allowed=mask, use_cache=c, generator=torch.Generator().manual_seed(1),
-                                      guidance=g, uncond=uncond)
-    guided = run(True, 2.0)
-    assert torch.equal(guided, run(False, 2.0)) and not torch.equal(guided, run(True, 0.0))
+    run = lambda g: model.generate(idx, 8, allowed=codec.code_mask(), generator=torch.Generator().manual_seed(1),
+                                   guidance=g, uncond=uncond)
+    guided = run(2.0)
+    assert torch.equal(guided, run(2.0)) and not torch.equal(guided, run(0.0))
     assert (guided[:, idx.size(1):] >= codec.code_offset).all()
 
 
@@ -263,51 +492,70 @@ def test_bfloat16_attention_matches():
     assert (part[:, -1].float() - ref[:, -1]).abs().max() < 0.05
 
 
-def test_next_token_probs_only_over_candidates():
+def test_choice_probs_one_token_names():
+    """Single-character names: the next token's distribution over the names only."""
     model = tiny_gpt()
-    codec = Codec(26, 8, 32)
-    idx = codec.classification_prompts([[0] * 8] * 3)
-    p = model.next_token_probs(idx, torch.tensor(codec.encode(DIGITS)), batch_size=2)
+    codec = mnist_codec()
+    idx = codec.prompts('classification', 'label', codes=[[0] * 8] * 3)
+    p = model.choice_probs(idx, codec.choices, batch_size=2)
+    logits, _ = model(idx)
+    assert p.shape == (3, 10) and torch.allclose(p, F.softmax(logits[:, -1, [c[0] for c in codec.choices]], -1))
+
+
+def test_choice_probs_words():
+    """Names of several tokens: the probability of each whole name under the model restricted to the
+    names (at each fork, renormalised over the tokens that continue some name), summing to one."""
+    codec = Codec(FASHION, 'class', 26, 8, 40)
+    model = tiny_gpt(codec.vocab_size)
+    idx = codec.prompts('classification', 'label', codes=[[0] * 8, [3] * 8, [5] * 8])
+    p = model.choice_probs(idx, codec.choices, batch_size=2)
     assert p.shape == (3, 10) and torch.allclose(p.sum(1), torch.ones(3))
+
+    def brute(row, name):  # the chain rule over the name, each step restricted to the names' next tokens
+        total, prefix = 1.0, []
+        for t in codec.encode(name):
+            nxt = sorted({c[len(prefix)] for c in codec.choices if c[:len(prefix)] == prefix})
+            logits, _ = model(torch.cat([idx[row:row + 1], torch.tensor([prefix], dtype=torch.long)], 1) if prefix else idx[row:row + 1])
+            total *= F.softmax(logits[0, -1, nxt], -1)[nxt.index(t)].item()
+            prefix = prefix + [t]
+        return total
+    for row in range(3):
+        for k in (0, 1, 6, 7, 8):  # T-shirt/top and Trouser part at 'T'; Shirt, Sneaker, Sandal at 'S'
+            assert abs(p[row, k].item() - brute(row, FASHION[k])) < 1e-5
 
 
 def test_read_labels_second_look():
     """Only images read below the threshold get the extra views; threshold 0 is one plain reading."""
     torch.manual_seed(0)
-    model, tok = tiny_gpt(vocab_size=26 + 1000), VQVAE(kind='conv', quantizer='fsq', hidden=16).eval()
-    codec = Codec(1000, 16, 40)
-    x = torch.rand(6, 28, 28)
-    codes, digit_ids = tok.encode(x), torch.tensor(codec.encode(DIGITS))
-    once = model.next_token_probs(codec.classification_prompts(codes), digit_ids)
-    assert torch.allclose(read_labels(model, codec, tok, digit_ids, codes, x, views=5, threshold=0.0), once)
-    again = read_labels(model, codec, tok, digit_ids, codes, x, views=5, threshold=1.0, batch_size=4)
+    tok = VQVAE(kind='conv', quantizer='fsq', hidden=16, grid=4).eval()
+    codec = mnist_codec(1000, 16, 40)
+    model = tiny_gpt(vocab_size=codec.vocab_size)
+    x = torch.rand(6, 1, 28, 28)
+    codes = tok.encode(x)
+    once = model.choice_probs(codec.prompts('classification', 'label', codes=codes), codec.choices)
+    assert torch.allclose(read_labels(model, codec, tok, codes, x, views=5, threshold=0.0), once)
+    again = read_labels(model, codec, tok, codes, x, views=5, threshold=1.0, batch_size=4)
     assert again.shape == (6, 10) and torch.allclose(again.sum(1), torch.ones(6)) and not torch.allclose(again, once)
-
-
-def test_shifted_moves_pixels():
-    x = torch.zeros(1, 28, 28)
-    x[0, 10, 12] = 1
-    assert shifted(x, 1, 0)[0, 10, 13] == 1 and shifted(x, 0, -1)[0, 9, 12] == 1 and shifted(x, 0, 0).equal(x)
 
 
 @pytest.mark.parametrize('tokens, codes', [(8, 26), (4, 300)])
 def test_vqvae_shapes_and_kmeans(tokens, codes):
     torch.manual_seed(0)
     tok = VQVAE(tokens_per_image=tokens, codebook_size=codes, latent_dim=32)
-    x = torch.rand(64, 28, 28)
+    x = torch.rand(64, 1, 28, 28)
     recon, c, loss = tok(x)
     assert recon.shape == x.shape and c.shape == (64, tokens) and loss.item() > 0
     z = tok.encode_latents(x).reshape(-1, 32 // tokens).detach()
     tok.quantizer.init_kmeans(z[:max(codes, 64 * tokens)], iters=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(tok.encode(x), tok.quantizer.codes(tok.encode_latents(x)))
-    assert tok.decode(tok.encode(x)).shape == (64, 28, 28)
+    assert tok.decode(tok.encode(x)).shape == (64, 1, 28, 28)
 
 
 @pytest.mark.parametrize('kind', ['conv', 'mlp'])
 def test_vqvae_bce_decodes_logits(kind):
     torch.manual_seed(0)
     tok = VQVAE(kind=kind, quantizer='fsq', hidden=16, levels=(5, 3), tokens_per_image=4, loss='bce')
-    x = (torch.rand(5, 28, 28) > 0.8).float()
+    x = (torch.rand(5, 1, 28, 28) > 0.8).float()
     recon, codes, loss = tok(x)
     assert 0 < recon.min() <= recon.max() < 1 and loss.item() > 0
     assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy(recon, x), atol=1e-4)
@@ -332,11 +580,13 @@ def test_fsq_codes_round_trip():
     assert z.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize('grid, quantizer', [(4, 'fsq'), (7, 'fsq'), (4, 'vq')])
-def test_conv_tokenizer_grid(grid, quantizer):
+@pytest.mark.parametrize('grid, quantizer, size, channels', [(4, 'fsq', 28, 1), (7, 'fsq', 28, 1), (4, 'vq', 28, 1),
+                                                         (8, 'fsq', 32, 3), (4, 'fsq', 32, 3), (6, 'fsq', 24, 3)])
+def test_conv_tokenizer_grid(grid, quantizer, size, channels):
     torch.manual_seed(0)
-    tok = VQVAE(kind='conv', quantizer=quantizer, grid=grid, hidden=16, levels=(5, 3), codebook_size=40, latent_dim=6)
-    x = torch.rand(5, 28, 28)
+    tok = VQVAE(kind='conv', quantizer=quantizer, grid=grid, hidden=16, levels=(5, 3), codebook_size=40, latent_dim=6,
+                image_size=size, channels=channels)
+    x = torch.rand(5, channels, size, size)
     recon, codes, loss = tok(x)
     assert tok.tokens_per_image == grid * grid and codes.shape == (5, grid * grid)
     assert tok.codebook_size == (15 if quantizer == 'fsq' else 40) and codes.max() < tok.codebook_size
@@ -345,18 +595,10 @@ def test_conv_tokenizer_grid(grid, quantizer):
     assert out.shape == x.shape and 0 <= out.min() <= out.max() <= 1
     # raster order: changing the top-left corner of the image changes the first code, not the last
     y = x.clone()
-    y[:, :6, :6] = 1 - y[:, :6, :6]
+    y[:, :, :6, :6] = 1 - y[:, :, :6, :6]
     assert (tok.encode(y)[:, -1] == codes[:, -1]).all()
-
-
-def test_augmented_images_move_but_keep_ink():
-    x = torch.zeros(200, 28, 28)
-    x[:, 10:18, 12:16] = 1
-    y = augmented(x, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape and 0 <= y.min() <= y.max() <= 1
-    assert not torch.equal(x, y)
-    assert (y.sum((1, 2)) / x.sum((1, 2)) - 1).abs().max() < 0.3  # moved, rotated, scaled a little
-    assert torch.equal(augmented(x, torch.Generator().manual_seed(0)), y)
+    with pytest.raises(SystemExit, match='halves'):
+        VQVAE(kind='conv', quantizer='fsq', grid=5, image_size=size)
 
 
 def test_frechet_distance():
@@ -367,10 +609,11 @@ def test_frechet_distance():
     assert abs(frechet_distance(a, b) - 10) < 0.5
 
 
-def test_reference_cnn_shapes():
-    cnn = DigitCNN()
-    x = torch.rand(3, 28, 28)
-    assert cnn(x).shape == (3, 10) and cnn.features(x).shape == (3, 128)
+@pytest.mark.parametrize('channels, size, classes', [(1, 28, 10), (3, 32, 4), (3, 20, 2)])
+def test_reference_cnn_shapes(channels, size, classes):
+    cnn = ImageCNN(channels, size, classes)
+    x = torch.rand(3, channels, size, size)
+    assert cnn(x).shape == (3, classes) and cnn.features(x).shape == (3, 128)
 
 
 def test_pick_dtype():
@@ -412,7 +655,7 @@ def test_checkpoints_never_run_code(tmp_path):
 
 
 def test_download_from_mirrors(mnist_dir, tmp_path, monkeypatch):
-    """With no mnist_dir the files come from the mirrors, in order; a corrupted download is removed and
+    """With no idx_dir the files come from the mirrors, in order; a corrupted download is removed and
     fetched once more; the result is cached under data/mnist."""
     import io
     import urllib.error
@@ -422,17 +665,17 @@ def test_download_from_mirrors(mnist_dir, tmp_path, monkeypatch):
     def urlopen(url, timeout):
         calls.append(url)
         name = url.rsplit('/', 1)[1]
-        if url.startswith(vqvae.MNIST_MIRRORS[0]):
+        if url.startswith(dataset.IDX_SETS['mnist']['mirrors'][0]):
             raise urllib.error.URLError('mirror down')
         data = open(os.path.join(mnist_dir, name), 'rb').read()
         if name.startswith('t10k-labels') and sum(c.endswith(name) for c in calls) == 2:
             data = data[:1000]  # the first download that got through is cut short
         return io.BytesIO(data)
-    monkeypatch.setattr(vqvae.urllib.request, 'urlopen', urlopen)
-    m = vqvae.load_mnist('')
+    monkeypatch.setattr(dataset.urllib.request, 'urlopen', urlopen)
+    m = dataset.load_idx('mnist', '')
     assert m['test_labels'].shape == (10000,) and m['train_images'].shape == (60000, 28, 28)
     assert sum('t10k-labels' in c for c in calls) == 4  # mirror 1 down, mirror 2 bad; again: down, good
-    assert sorted(os.listdir(os.path.join('data', 'mnist'))) == sorted(n + '.gz' for n in vqvae.MNIST_FILES)
+    assert sorted(os.listdir(os.path.join('data', 'mnist'))) == sorted(n + '.gz' for n in dataset.IDX_NAMES)
 
 
 def test_no_network_and_no_files(tmp_path, monkeypatch):
@@ -441,6 +684,6 @@ def test_no_network_and_no_files(tmp_path, monkeypatch):
 
     def urlopen(url, timeout):
         raise urllib.error.URLError('no network')
-    monkeypatch.setattr(vqvae.urllib.request, 'urlopen', urlopen)
-    with pytest.raises(SystemExit, match='could not be downloaded.*pass --mnist_dir=DIR'):
-        vqvae.load_mnist('')
+    monkeypatch.setattr(dataset.urllib.request, 'urlopen', urlopen)
+    with pytest.raises(SystemExit, match='could not be downloaded.*pass --idx_dir=DIR'):
+        dataset.load_idx('fashion', '')

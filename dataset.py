@@ -1,0 +1,522 @@
+"""
+Data sets, and everything done to images: where they come from, their class names and splits, how a
+user's image file is prepared, how images are moved, and how they are written as PNG files and grids.
+
+    dataset = 'mnist'     MNIST (LeCun et al. 1998): 28x28 grey digits, classes '0'..'9'
+    dataset = 'fashion'   Fashion-MNIST (Xiao et al. 2017): 28x28 grey clothes, 10 named classes
+    dataset = PATH        a folder of images with one subfolder per class (PATH/cat/*.png), or with
+                          train/, test/ and optionally val/ subfolders that each hold the class folders
+
+MNIST and Fashion-MNIST are the original IDX files: taken from idx_dir when given (../shared/... on a
+machine without network; Debian's dataset-fashion-mnist package installs the same files), else
+downloaded from the public mirrors; checked against the SHA-256 of their decompressed contents and
+cached in data/NAME/. Their splits are as published: train[:50000] trains, train[50000:] validates,
+test is held out. A folder is split 80/10/10 per class by a fixed seed unless it has its own splits.
+
+load_dataset returns the splits as uint8 arrays (N, C, H, W) with int64 labels, and `info`: a small
+JSON dict that travels in the tokenizer checkpoint and in meta.json, so that later scripts load the
+same data, show the same class names and prepare a new image file the same way.
+"""
+import gzip
+import hashlib
+import os
+import shutil
+import unicodedata
+import urllib.request
+import warnings
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import atomic_write
+
+IDX_NAMES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+IDX_SETS = {
+    # SHA-256 of the decompressed IDX files, which are the same for every faithful copy whatever its gzip compression
+    'mnist': dict(
+        title='MNIST', key='number', classes=list('0123456789'),
+        fit=dict(box=20, centre='mass'),  # as MNIST was made: the digit fitted into 20x20, centred by centre of mass
+        mirrors=['https://ossci-datasets.s3.amazonaws.com/mnist/', 'https://storage.googleapis.com/cvdf-datasets/mnist/',
+                 'http://yann.lecun.com/exdb/mnist/'],
+        sha256=['ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
+                '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
+                '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
+                'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2']),
+    'fashion': dict(
+        title='Fashion-MNIST', key='class',
+        classes=['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'],
+        fit=dict(box=28, centre='box'),  # as Fashion-MNIST was made: the longest edge resized to 28, centred
+        mirrors=['http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/',
+                 'https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/'],
+        sha256=['c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888',
+                'bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9',
+                '5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b',
+                '0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34']),
+}
+N_TRAIN = 50000                  # IDX sets: train[:50000] trains, train[50000:] validates, as published
+SPLIT_SEED = 1337                # a folder without splits of its own: the same split in every script
+VAL_FRACTION = TEST_FRACTION = 0.1
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.tif', '.tiff')
+MAX_SIDE = 64                    # a folder's own size is used up to this; larger images are resized to 32
+MAX_PIXELS = 100_000_000         # larger image files are refused (JPEGs are first read at a reduced size)
+CACHE = 'data'
+
+
+# ----------------------------------------------------------------------------------------------------
+# IDX files: MNIST and Fashion-MNIST
+
+def read_idx(path, sha256=None):
+    """Read one gzipped IDX file into a numpy array (uint8 data only). With sha256, return None if the
+    file does not decompress or its bytes do not match it (a bad download)."""
+    try:
+        with gzip.open(path, 'rb') as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        if sha256 is not None:
+            return None
+        raise SystemExit(f"error: {path} is not a complete gzip file ({type(e).__name__}: {e}); "
+                         f"expected a gzipped IDX file")
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        return None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise SystemExit(f"error: {path} is not an IDX file of unsigned bytes (expected magic 0x0000080N)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise SystemExit(f"error: {path} is truncated: its IDX header needs {header} bytes, has {len(raw)}")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim)]
+    size = int(np.prod(dims)) if dims else 0
+    if len(raw) != header + size:
+        raise SystemExit(f"error: {path} holds {len(raw) - header} data bytes, expected {size} for shape "
+                         f"{tuple(dims)}: the file is truncated or corrupted")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _fetch(name, file, idx_dir, dest):
+    """Put FILE.gz of data set NAME at dest: copied from idx_dir when given, else downloaded."""
+    if idx_dir:
+        src = os.path.join(idx_dir, file + '.gz')
+        if not os.path.isfile(src):
+            raise SystemExit(f"error: {src} not found: idx_dir must hold the four {IDX_SETS[name]['title']} files "
+                             f"({', '.join(n + '.gz' for n in IDX_NAMES)})")
+        atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
+        return
+    errors = []
+    for mirror in IDX_SETS[name]['mirrors']:
+        url = mirror + file + '.gz'
+        try:
+            print(f"downloading {url}")
+            with urllib.request.urlopen(url, timeout=30) as r:
+                data = r.read()
+            atomic_write(dest, data)
+            return
+        except Exception as e:  # any network failure: try the next mirror
+            errors.append(f"{mirror}: {type(e).__name__}")
+    raise SystemExit(f"error: {IDX_SETS[name]['title']} file {file}.gz is not in {os.path.join(CACHE, name)} and "
+                     f"could not be downloaded ({'; '.join(errors)}); with no network, pass --idx_dir=DIR, a folder "
+                     f"with the four .gz files")
+
+
+def load_idx(name, idx_dir=''):
+    """The four arrays of an IDX data set, from the cache data/NAME/ (filled from idx_dir or the mirrors
+    on first use). Every file is checked against its SHA-256; a bad one is removed and fetched once more.
+    -> dict of uint8 arrays: train_images (60000, 28, 28), train_labels, test_images, test_labels."""
+    out = {}
+    for file, sha in zip(IDX_NAMES, IDX_SETS[name]['sha256']):
+        path = os.path.join(CACHE, name, file + '.gz')
+        for attempt in range(2):
+            if not os.path.isfile(path):
+                _fetch(name, file, idx_dir, path)
+            arr = read_idx(path, sha)
+            if arr is not None:
+                break
+            os.remove(path)
+            print(f"{path} is corrupted (SHA-256 or gzip check failed): removed" + (", fetching it again" if attempt == 0 else ''))
+        else:
+            raise SystemExit(f"error: {file}.gz from {idx_dir or 'the mirrors'} does not match the SHA-256 of "
+                             f"{IDX_SETS[name]['title']} ({sha[:16]}...): the file is corrupted or of another data set")
+        out[('train_' if file.startswith('train') else 'test_') + file.split('-')[1]] = arr
+    return out
+
+
+def idx_splits(name, idx_dir=''):
+    """{'train', 'val', 'test'} -> (images uint8 (N, 1, 28, 28), labels int64 (N,))."""
+    m = load_idx(name, idx_dir)
+    to = lambda im, lb: (im[:, None].copy(), lb.astype(np.int64))
+    return {'train': to(m['train_images'][:N_TRAIN], m['train_labels'][:N_TRAIN]),
+            'val': to(m['train_images'][N_TRAIN:], m['train_labels'][N_TRAIN:]),
+            'test': to(m['test_images'], m['test_labels'])}
+
+
+# ----------------------------------------------------------------------------------------------------
+# image files
+
+class ImageError(Exception):
+    """An image file that cannot be used, with the reason in one line."""
+
+
+def open_image(path):
+    """A PIL image as a person sees the file: its first frame, turned upright by its EXIF orientation,
+    at most MAX_PIXELS (large JPEGs are read reduced; other large files are refused)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # the header only: the size is checked below, before any pixel is read
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            im = Image.open(path)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ImageError(f"cannot read image {path} ({type(e).__name__}): expected a PNG, JPEG, GIF, BMP, WebP or TIFF file")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    w, h = im.size
+    if w * h > MAX_PIXELS and im.format == 'JPEG':
+        im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # decode at 1/8 scale
+        w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"image {path} is {im.size[0]}x{im.size[1]} pixels ({w * h / 1e6:.0f} MP); the limit is "
+                         f"{MAX_PIXELS / 1e6:.0f} MP: scale it down first")
+    if w == 0 or h == 0:
+        raise ImageError(f"image {path} is empty ({w}x{h} pixels)")
+    try:
+        im.seek(0)
+        im.load()
+        return ImageOps.exif_transpose(im)
+    except Exception as e:  # a truncated or corrupt file fails only when its pixels are read
+        raise ImageError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}): the file is damaged")
+
+
+def image_array(im, channels):
+    """A PIL image -> float32 (H, W, channels) in [0, 1]. Transparent parts become the background that
+    contrasts with what is drawn (white behind dark strokes, black behind light ones); 16-bit and float
+    images are scaled by their range, not clipped."""
+    if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+        a = np.asarray(im, dtype=np.float32)
+        top = 65535.0 if im.mode.startswith('I;16') or a.max() > 255 else 255.0
+        a = np.clip(a / top, 0, 1)[..., None]
+        return np.repeat(a, channels, 2) if channels == 3 else a
+    has_alpha = im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info)
+    rgba = np.asarray(im.convert('RGBA'), dtype=np.float32) / 255.0
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    if has_alpha and alpha.min() < 1:
+        ink = alpha[..., 0] > 0.5
+        dark = rgb[ink].mean() < 0.5 if ink.any() else True
+        rgb = rgb * alpha + (1.0 if dark else 0.0) * (1 - alpha)
+    if channels == 1:  # ITU-R 601 luma, as PIL's convert('L')
+        return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    return rgb
+
+
+def _resize(a, size):
+    """float (H, W, C) -> (size[1], size[0], C), area-averaged when shrinking (Lanczos)."""
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(a[..., c]).resize(size, Image.LANCZOS), dtype=np.float32)
+                     for c in range(a.shape[2])], 2)
+
+
+def centre_crop(a):
+    h, w = a.shape[:2]
+    s = min(h, w)
+    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def fit_object(a, size, box, centre, name='image'):
+    """A grey drawing or photo -> how MNIST and Fashion-MNIST were made: light on black (inverted when
+    the background is light), cropped to what is drawn, resized to fit a box x box square keeping its
+    shape, and placed in size x size by its centre of mass ('mass') or its bounding box ('box')."""
+    a = a[..., 0]
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if np.median(border) > 0.5:  # dark drawing on light paper
+        a, border = 1.0 - a, 1.0 - border
+    a = np.clip(a - np.median(border), 0, None)
+    if a.max() < 0.1:
+        raise ImageError(f"{name} is blank: expected a drawing or an object on a plain background")
+    a = a / a.max()
+    ys, xs = np.nonzero(a > 0.1)
+    a = a[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = a.shape
+    s = box / max(h, w)
+    a = np.clip(_resize(a[..., None], (max(1, round(w * s)), max(1, round(h * s))))[..., 0], 0, 1)
+    out = np.zeros((size, size), dtype=np.float32)
+    if centre == 'mass':
+        total = a.sum()
+        cy, cx = (np.arange(a.shape[0]) @ a.sum(1)) / total, (np.arange(a.shape[1]) @ a.sum(0)) / total
+    else:
+        cy, cx = (a.shape[0] - 1) / 2, (a.shape[1] - 1) / 2
+    top = int(np.clip(round(size / 2 - cy), 0, size - a.shape[0]))
+    left = int(np.clip(round(size / 2 - cx), 0, size - a.shape[1]))
+    out[top:top + a.shape[0], left:left + a.shape[1]] = a
+    return out[None]
+
+
+def prepare_image(im, info, name='image'):
+    """A PIL image -> float32 (C, S, S) in [0, 1], as the data set's images are: for MNIST and
+    Fashion-MNIST as they were made (fit_object), for a folder centre-cropped to a square and resized.
+    The one preparation for image files, folders and drawings on the web page."""
+    size, channels = info['image_size'], info['channels']
+    a = image_array(im, channels)
+    if info.get('fit'):
+        return fit_object(a, size, name=name, **info['fit'])
+    return np.clip(_resize(centre_crop(a), (size, size)), 0, 1).transpose(2, 0, 1)
+
+
+def read_image_file(path, info):
+    """An image file prepared as the data set's images are (prepare_image), or a one-line error."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: image file {path} not found")
+    try:
+        return prepare_image(open_image(path), info, name=f"image {path}")
+    except ImageError as e:
+        raise SystemExit(f"error: {e}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# a folder of class folders
+
+def _class_folders(root):
+    return sorted(d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
+
+
+def _image_files(folder):
+    out = []
+    for dirpath, dirnames, files in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        out += [os.path.join(dirpath, f) for f in sorted(files)
+                if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return out
+
+
+def _check_class_name(name, root):
+    if '#' in name or any(unicodedata.category(c).startswith('C') for c in name):
+        raise SystemExit(f"error: class folder {os.path.join(root, name)!r}: a class name cannot hold '#' or "
+                         f"control characters (they are part of the sequence format): rename the folder")
+    return unicodedata.normalize('NFC', name)
+
+
+def folder_splits(root, image_size=0):
+    """A folder of class folders -> ({split: (uint8 (N, C, S, S), int64 labels)}, class names, notes).
+    Colour is kept when any image has it; unreadable files are skipped and counted in notes."""
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise SystemExit(f"error: dataset must be 'mnist', 'fashion' or a folder of class folders; {root} is not a folder")
+    top = _class_folders(root)
+    if {'train', 'test'} <= set(top):
+        parts = {s: os.path.join(root, s) for s in ('train', 'val', 'test') if s in top}
+    elif set(top) & {'train', 'val', 'test'} and len(set(top) & {'train', 'val', 'test'}) < 3 and 'train' in top:
+        raise SystemExit(f"error: {root} has {', '.join(sorted(set(top) & {'train', 'val', 'test'}))}/ but not test/: "
+                         f"a folder with its own splits needs train/ and test/ (val/ is optional)")
+    else:
+        parts = {None: root}
+    classes = sorted({_check_class_name(c, p) for p in parts.values() for c in _class_folders(p)})
+    if len(classes) < 2:
+        raise SystemExit(f"error: {root} has {len(classes)} class folder{'s' if len(classes) != 1 else ''}"
+                         f"{' (' + classes[0] + ')' if classes else ''}: expected one subfolder of images per class, "
+                         f"at least two (PATH/cat/*.png, PATH/dog/*.png)")
+    files = {}  # split -> [(path, label)]
+    for split, folder in parts.items():
+        for label, c in enumerate(classes):
+            found = [p for d in _class_folders(folder) if unicodedata.normalize('NFC', d) == c
+                     for p in _image_files(os.path.join(folder, d))]
+            files.setdefault(split, []).extend((p, label) for p in found)
+
+    # sizes from the headers first (no pixels read), then every image read once at the chosen size
+    from PIL import Image
+    sizes = {}
+    for items in files.values():
+        for path, _ in items:
+            try:
+                with Image.open(path) as im:
+                    sizes[im.size] = sizes.get(im.size, 0) + 1
+            except Exception:
+                pass  # counted below, when it is read
+    notes = []
+    if image_size == 0:
+        square = [s for s in sizes if s[0] == s[1]]
+        if len(sizes) == 1 and square and square[0][0] <= MAX_SIDE:
+            image_size = square[0][0]
+        else:
+            image_size = 32
+            common = ', '.join(f"{w}x{h} ({n})" for (w, h), n in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
+            notes.append(f"resized every image to 32x32 (sizes found: {common}{', ...' if len(sizes) > 3 else ''}); "
+                         f"set --image_size=S for another size")
+    not_square = sum(n for (w, h), n in sizes.items() if w != h)
+    if not_square:
+        notes.append(f"{not_square} image{'s' if not_square > 1 else ''} not square: centre-cropped")
+    pix, bad, colour = {}, [], False
+    for items in files.values():
+        for path, _ in items:
+            try:
+                a = prepare_image(open_image(path), dict(image_size=image_size, channels=3))
+            except ImageError as e:
+                bad.append(str(e))
+                continue
+            colour = colour or ((a.max(0) - a.min(0)) > 0.1).mean() > 0.01  # more than a trace of colour
+            pix[path] = (a * 255).round().astype(np.uint8)
+    if bad:
+        notes.insert(0, f"skipped {len(bad)} unreadable image file{'s' if len(bad) > 1 else ''} ({bad[0]})")
+    if not colour:  # grey images: the three channels are equal, keep one
+        pix = {p: a[:1] for p, a in pix.items()}
+    for split, items in files.items():
+        kept = [(p, y) for p, y in items if p in pix]
+        counts = np.bincount([y for _, y in kept], minlength=len(classes))
+        if split in (None, 'train') and (counts == 0).any():
+            raise SystemExit(f"error: class folder {classes[int(np.argmin(counts))]!r} in {parts[split]} has no readable "
+                             f"images: every class needs images ({', '.join(IMAGE_EXTENSIONS)})")
+        files[split] = kept
+
+    if None in files:  # split each class by a fixed seed
+        rng = np.random.default_rng(SPLIT_SEED)
+        split_items = {'train': [], 'val': [], 'test': []}
+        for label in range(len(classes)):
+            items = [it for it in files[None] if it[1] == label]
+            if len(items) < 3:
+                raise SystemExit(f"error: class {classes[label]!r} has {len(items)} readable image"
+                                 f"{'s' if len(items) != 1 else ''}: each class needs at least 3 (train, val, test)")
+            order = rng.permutation(len(items))
+            n_val, n_test = (max(1, round(f * len(items))) for f in (VAL_FRACTION, TEST_FRACTION))
+            split_items['val'] += [items[i] for i in order[:n_val]]
+            split_items['test'] += [items[i] for i in order[n_val:n_val + n_test]]
+            split_items['train'] += [items[i] for i in order[n_val + n_test:]]
+        files = split_items
+    elif 'val' not in files:  # train/ and test/ only: validate on a tenth of train
+        rng = np.random.default_rng(SPLIT_SEED)
+        order = rng.permutation(len(files['train']))
+        n_val = max(1, round(VAL_FRACTION * len(order)))
+        files['val'] = [files['train'][i] for i in order[:n_val]]
+        files['train'] = [files['train'][i] for i in order[n_val:]]
+    for split in ('train', 'val', 'test'):
+        if not files[split]:
+            raise SystemExit(f"error: the {split} split of {root} has no readable images")
+    splits = {s: (np.stack([pix[p] for p, _ in files[s]]), np.array([y for _, y in files[s]], dtype=np.int64))
+              for s in ('train', 'val', 'test')}
+    return splits, classes, notes
+
+
+# ----------------------------------------------------------------------------------------------------
+# any data set
+
+def load_dataset(dataset, idx_dir='', image_size=0, quiet=False):
+    """-> ({'train', 'val', 'test'}: (images uint8 (N, C, S, S), labels int64 (N,))), info). info: the
+    data set as later scripts need it (its name, class names, the sequences' label key, image size and
+    channels, how an image file is prepared, where it came from, and a fingerprint of the images)."""
+    if dataset in IDX_SETS:
+        if image_size not in (0, 28):
+            raise SystemExit(f"error: {IDX_SETS[dataset]['title']} images are 28x28; image_size must be 0 (their own) "
+                             f"or 28, got {image_size}")
+        s = IDX_SETS[dataset]
+        splits = idx_splits(dataset, idx_dir)
+        info = dict(dataset=dataset, name=dataset, title=s['title'], classes=s['classes'], key=s['key'],
+                    image_size=28, channels=1, fit=s['fit'], idx_dir=os.path.abspath(idx_dir) if idx_dir else '')
+    else:
+        splits, classes, notes = folder_splits(dataset, image_size)
+        path = os.path.abspath(dataset)
+        info = dict(dataset=path, name=os.path.basename(path.rstrip(os.sep)) or 'images', title=path, classes=classes,
+                    key='class', image_size=int(splits['train'][0].shape[-1]), channels=int(splits['train'][0].shape[1]),
+                    fit=None, idx_dir='')
+        if not quiet:
+            for n in notes:
+                print(f"warning: {n}")
+    h = hashlib.sha256()
+    for s in ('train', 'val', 'test'):
+        h.update(splits[s][0].tobytes())
+        h.update(splits[s][1].tobytes())
+    info['fingerprint'] = h.hexdigest()
+    if not quiet:
+        counts = ', '.join(f"{s} {len(splits[s][1]):,}" for s in ('train', 'val', 'test'))
+        print(f"{info['title']}: {len(info['classes'])} classes, {info['image_size']}x{info['image_size']} "
+              f"{'colour' if info['channels'] == 3 else 'grey'}; {counts}")
+    return splits, info
+
+
+def reload_dataset(info, quiet=True):
+    """The data set that info (from a tokenizer checkpoint) describes, loaded again the same way; a
+    warning if its images are no longer the ones the tokenizer saw."""
+    splits, again = load_dataset(info['dataset'], info.get('idx_dir', ''), info['image_size'], quiet=quiet)
+    if again['fingerprint'] != info['fingerprint']:
+        print(f"warning: the images of {info['title']} differ from those the tokenizer was trained on (files added "
+              f"or changed since vqvae.py ran); going on with the images as they are now")
+    return splits, again
+
+
+def as_float(images, device='cpu'):
+    """uint8 images (numpy or torch) -> float32 tensor in [0, 1]."""
+    return torch.as_tensor(images).to(device).float() / 255.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# moving images
+
+def shifted(images, dx, dy):
+    """images (N, C, H, W) moved dx pixels right and dy down (ints, or one per image), zeros coming in."""
+    n, c, h, w = images.shape
+    dx, dy = (torch.as_tensor(d, device=images.device).long().expand(n) for d in (dx, dy))
+    m = int(max(dx.abs().max(), dy.abs().max(), 0)) if n else 0
+    padded = F.pad(images, (m, m, m, m))
+    rows = torch.arange(h, device=images.device) + m - dy[:, None]
+    cols = torch.arange(w, device=images.device) + m - dx[:, None]
+    return padded[torch.arange(n, device=images.device)[:, None, None, None], torch.arange(c, device=images.device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1):
+    """Randomly moved copies of images (N, C, H, W): shifted up to shift pixels, rotated up to rotate
+    degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003)."""
+    n, c, h, w = images.shape
+    u = lambda: torch.rand(n, generator=generator) * 2 - 1
+    a, s = u() * np.radians(rotate), 1 + u() * scale
+    theta = torch.stack([torch.stack([torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
+                         torch.stack([torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
+    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing images
+
+def _font(size):
+    """DejaVu Sans (shipped with matplotlib: Latin, Greek, Cyrillic and more), else PIL's own."""
+    from PIL import ImageFont
+    try:
+        from matplotlib import font_manager
+        return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family='DejaVu Sans')), size)
+    except Exception:
+        return ImageFont.load_default()
+
+
+def to_pil(image, size=None):
+    """float (C, H, W) in [0, 1] -> a PIL image (grey or RGB), resized to size x size if given."""
+    from PIL import Image
+    a = (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+    im = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+    return im.resize((size, size), Image.BICUBIC) if size else im
+
+
+def save_png(image, path, size=None):
+    im = to_pil(image, size)
+    atomic_write(path, lambda tmp: im.save(tmp, format='PNG'))
+
+
+def save_image_grid(images, path, nrow, scale=2, pad=2, row_labels=None):
+    """images (N, C, H, W) in [0, 1] -> one PNG, nrow images a row on grey, a label left of each row."""
+    from PIL import Image, ImageDraw
+    images = np.clip(np.asarray(images, dtype=np.float32), 0, 1)
+    n, c, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 0.5, dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+    img = to_pil(grid).resize((grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
+    if row_labels:
+        font = _font(max(10, min(16, (h + pad) * scale // 3)))
+        margin = max(int(font.getlength(str(t))) for t in row_labels) + 8
+        out = Image.new(img.mode, (img.width + margin, img.height), 255 if img.mode == 'L' else (255, 255, 255))
+        out.paste(img, (margin, 0))
+        draw = ImageDraw.Draw(out)
+        for r, text in enumerate(row_labels[:rows]):
+            y = (pad + r * (h + pad) + h / 2) * scale
+            draw.text((margin - 4, y), str(text), fill=0 if img.mode == 'L' else (0, 0, 0), font=font, anchor='rm')
+        img = out
+    atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))

@@ -94,7 +94,7 @@ def matmul_peak(name='matmul_peak'):
 def train_throughput(cfg):
     """Run train.py for (repeats + 1) x train_window iterations; the first window is the warm-up. MFU is
     against the matmul peak measured again right after, so that both see the machine in the same state
-    (on a shared machine the peak itself moves by 10-15% over minutes)."""
+    (on a shared machine the peak itself moves over minutes)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = [] if cfg == 'default' else [os.path.join(HERE, cfg)]
         cmd = [sys.executable, os.path.join(HERE, 'train.py'), *args, f'--data_dir={os.path.abspath(data_dir)}',

@@ -55,6 +55,27 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def lock_folder(folder, what):
+    """Hold folder/.lock while this process runs, so that a second run on the same folder is refused;
+    the operating system lets go of it when the process ends, however it ends. Keep the returned file."""
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, '.lock'), 'a+')
+    try:
+        import fcntl
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # not a POSIX system: no lock
+        return f
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or '?'
+        raise SystemExit(f"error: another {what} is running in {folder} (pid {pid}): wait for it to end, or "
+                         f"choose another folder")
+    os.ftruncate(f.fileno(), 0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 # ----------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -209,3 +230,32 @@ def autocast(device, dtype):
     if dtype == 'float32':
         return nullcontext()
     return torch.autocast(device.split(':')[0], dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------------------------------
+# progress
+
+class Progress:
+    """Progress of a long step: count, rate and time left, on one updating line in a terminal, or a
+    plain line every few seconds when the output goes to a file (so no step stays silent long)."""
+
+    def __init__(self, what, total, unit='', every=5.0):
+        import sys
+        import time
+        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.tty, self.clock = sys.stdout.isatty(), time.time
+        self.start = self.last = self.clock()
+        self.done = 0
+
+    def update(self, n=1):
+        self.done += n
+        now = self.clock()
+        if now - self.last >= (0.2 if self.tty else self.every) or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else 0
+            line = (f"{self.what}: {self.done:,}/{self.total:,}{' ' + self.unit if self.unit else ''} "
+                    f"({rate:,.1f}/s, {left:.0f}s left)")
+            print(('\r' + line + '\033[K') if self.tty else line, end='' if self.tty else '\n', flush=True)
+        if self.done >= self.total and self.tty:
+            print(flush=True)

@@ -5,19 +5,238 @@ Settings, nanoGPT style. Every script keeps its settings as plain module globals
     config = configure(globals())
 
 Each command-line argument is either a config file (plain Python, e.g. config/train_mnist_vlm_seed.py)
-or --key=value. Unlike nanoGPT's exec trick, a key the script does not have, or a value of the wrong
-type, is a one-line error instead of a silently ignored setting.
+or --key=value; --help lists the settings. Unlike nanoGPT's exec trick, a key the script does not
+have, or a value of the wrong type, is a one-line error instead of a silently ignored setting; and
+every setting is then checked against its rule in RULES (one table for all the scripts: a setting
+that several scripts share has one rule) before any work starts, so a bad value is one line naming
+the setting, the value and what is allowed. The web page's settings go through the same rules (check).
 """
+import math
 import os
 import sys
 from ast import literal_eval
 
 SIMPLE = (bool, int, float, str, type(None))
+MAX_CODES = 22352  # the code characters there are (prepare.code_alphabet)
+
+
+# ----------------------------------------------------------------------------------------------------
+# rules: each takes the value and says what is wrong with it (None: nothing)
+
+def integer(lo=None, hi=None):
+    def rule(v):
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return (f"a whole number from {lo} to {hi}" if hi is not None else
+                    'a positive whole number' if lo == 1 else f"a whole number of at least {lo}")
+    return rule
+
+
+def number(lo=None, hi=None, lo_open=False, hi_open=False):
+    def rule(v):
+        bad = (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
+               or (hi is not None and (v >= hi if hi_open else v > hi)))
+        if bad:
+            left = '' if lo is None else f"{'more than' if lo_open else 'at least'} {lo}"
+            right = '' if hi is None else f"{'less than' if hi_open else 'at most'} {hi}"
+            return 'a number ' + ' and '.join(s for s in (left, right) if s)
+    return rule
+
+
+def one_of(*choices):
+    def rule(v):
+        if v not in choices:
+            return 'one of ' + ', '.join(repr(c) for c in choices)
+    return rule
+
+
+def writable_folder(v, empty_ok=False):
+    """A folder that exists and can be written, or that can be created (nothing is created here)."""
+    if not v:
+        return None if empty_ok else 'a folder path'
+    p = os.path.abspath(v)
+    if os.path.exists(p) and not os.path.isdir(p):
+        return f"a folder ({v} is a file)"
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    if not os.path.isdir(p) or not os.access(p, os.W_OK | os.X_OK):
+        return f"a folder that can be created and written ({p} cannot be written)"
+
+
+def optional_folder(v):
+    if v and not os.path.isdir(v):
+        return "'' or an existing folder"
+
+
+def writable_file(v):
+    if v and (os.path.isdir(v) or writable_folder(os.path.dirname(os.path.abspath(v)))):
+        return "'' or a file path in a folder that can be written"
+
+
+def path(v):
+    if not v.strip():
+        return 'a path'
+
+
+def dataset(v):
+    if v not in ('mnist', 'fashion') and not os.path.isdir(v):
+        return "'mnist', 'fashion' or a folder of class folders"
+
+
+def levels(v):
+    try:
+        ls = [int(x) for x in str(v).split(',')]
+    except ValueError:
+        return 'whole numbers separated by commas, like 8,5,5,5'
+    if not ls or min(ls) < 2 or max(ls) > 64 or math.prod(ls) > MAX_CODES:
+        return f"whole numbers of 2 to 64 separated by commas, whose product (the codebook) is at most {MAX_CODES}"
+
+
+def device(v):
+    import torch
+    kind, _, index = v.partition(':')
+    if kind == 'cuda':
+        if not torch.cuda.is_available():
+            return "'auto' or 'cpu': this machine has no CUDA device"
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return f"'cuda' or 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'"
+    elif v == 'mps':
+        if not (getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()):
+            return "'auto' or 'cpu': this machine has no Apple GPU (mps)"
+    elif v not in ('auto', 'cpu'):
+        return "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def dtype(v):
+    if v not in ('auto', 'float32', 'bfloat16', 'float16'):
+        return "'auto', 'float32', 'bfloat16' or 'float16'"
+
+
+RULES = {
+    # data and files
+    'dataset': dataset,
+    'idx_dir': optional_folder,
+    'out_dir': writable_folder,
+    'data_dir': lambda v: writable_folder(v, empty_ok=True),
+    'prepare.py:data_dir': writable_folder,
+    'train.py:data_dir': path,
+    'tokenizer': path,
+    'image_size': lambda v: None if v == 0 or 8 <= v <= 128 else '0 (the data set\'s own) or 8 to 128',
+    'augment': integer(0, 100),
+    'block_size': lambda v: None if v == 0 or 8 <= v <= 65535 else '0 (as long as needed) or 8 to 65535',
+    # the tokenizer
+    'kind': one_of('conv', 'mlp'),
+    'quantizer': one_of('fsq', 'vq'),
+    'loss': one_of('bce', 'mse'),
+    'levels': levels,
+    'grid': integer(0, 64),
+    'hidden': integer(2, 4096),
+    'latent_dim': integer(1, 65536),
+    'tokens_per_image': integer(1, 4096),
+    'codebook_size': integer(1, MAX_CODES),
+    'beta': number(0, 100),
+    'max_epochs': integer(1),
+    'patience': integer(1),
+    'kmeans_samples': integer(1),
+    # the language model and its training
+    'init_from': one_of('scratch', 'resume'),
+    'eval_interval': integer(1),
+    'log_interval': integer(1),
+    'eval_iters': integer(1),
+    'eval_classify': integer(1),
+    'n_layer': integer(1, 256),
+    'n_head': integer(1, 256),
+    'n_embd': integer(1, 65536),
+    'dropout': number(0, 1, hi_open=True),
+    'label_weight': number(0, 1000, lo_open=True),
+    'batch_size': integer(1),
+    'gradient_accumulation_steps': integer(1),
+    'learning_rate': number(0, 10, lo_open=True),
+    'max_iters': integer(1),
+    'weight_decay': number(0, 10),
+    'beta1': number(0, 1, hi_open=True),
+    'beta2': number(0, 1, hi_open=True),
+    'grad_clip': number(0),
+    'warmup_iters': integer(0),
+    'lr_decay_iters': integer(1),
+    'min_lr': number(0, 10),
+    'backend': one_of('', 'gloo', 'nccl', 'mpi'),
+    'device': device,
+    'dtype': dtype,
+    'seed': integer(0, 2 ** 63 - 1),
+    'bias': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,  # bools: the type says it all
+    # using the model
+    'mode': one_of('eval', 'generate', 'classify', 'complete', 'serve'),
+    'keep': integer(0, 4096),
+    'host': lambda v: None if v.strip() else 'an address to listen on, like 127.0.0.1',
+    'port': integer(0, 65535),
+    'ckpt': None,                       # a file name in out_dir: missing files are reported when loaded
+    'labels': None,                     # class names: checked against the data set's when loaded
+    'image': None,                      # test indices or a file: checked when read
+    'num_samples': integer(1, 10000),
+    'temperature': number(0, 10),
+    'top_k': integer(0),
+    'guidance': number(0, 100),
+    'views': integer(1, 9),
+    'view_threshold': number(0, 1),
+    'save_npy': writable_file,
+    'png_dir': lambda v: writable_folder(v, empty_ok=True),
+    'png_size': integer(0, 4096),
+    'reference': writable_file,
+    'fidelity_samples': integer(1, 100000),
+    # bench
+    'repeats': integer(1),
+    'n_samples': integer(1),
+    'train_configs': None,              # config files: a missing one is reported when train.py reads it
+    'train_window': integer(1),
+}
+
+CROSS = [  # rules over several settings of one script: (settings, rule taking their values in order)
+    (('n_embd', 'n_head'), lambda e, h: None if e % h == 0 else f"n_embd ({e}) must be a multiple of n_head ({h})"),
+    (('batch_size', 'gradient_accumulation_steps'), lambda b, s: None if b % s == 0 else
+     f"batch_size ({b}) must be a multiple of gradient_accumulation_steps ({s})"),
+    (('min_lr', 'learning_rate'), lambda lo, hi: None if lo <= hi else f"min_lr ({lo}) must be at most learning_rate ({hi})"),
+    (('device', 'dtype'), lambda d, t: "dtype 'float16' needs a GPU (device 'cuda' or 'mps'); use 'bfloat16' or "
+     "'float32' on a CPU" if t == 'float16' and (d == 'cpu' or (d == 'auto' and not _has_gpu())) else None),
+]
+
+
+def _has_gpu():
+    import torch
+    return torch.cuda.is_available() or (getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available())
+
+
+def rule_of(key, script=''):
+    for k in (f'{script}:{key}', key):
+        if k in RULES:
+            return RULES[k]
+    raise KeyError(key)
+
+
+def check(key, value, script=''):
+    """Raise the one-line error for a value its rule refuses."""
+    rule = rule_of(key, script)
+    try:
+        why = rule(value) if rule else None
+    except (ValueError, OSError) as e:  # a path with a NUL byte, say
+        why = f"a usable value ({type(e).__name__}: {e})"
+    if why:
+        raise SystemExit(f"error: {key}={value!r} is not allowed: {key} must be {why}")
+
+
+def check_all(settings, script=''):
+    """Every setting against its rule, then the rules over several settings."""
+    for key, value in settings.items():
+        check(key, value, script)
+    for keys, rule in CROSS:
+        if all(k in settings for k in keys):
+            why = rule(*(settings[k] for k in keys))
+            if why:
+                raise SystemExit(f"error: {why} (got {', '.join(f'{k}={settings[k]!r}' for k in keys)})")
 
 
 def _coerce(key, old, new, where):
     """Check `new` against the type of the default `old`; an int may stand for a float."""
-    if old is None or new is None or type(new) is type(old):
+    if old is None or type(new) is type(old):
         return new
     if isinstance(old, float) and type(new) is int:
         return float(new)
@@ -26,11 +245,16 @@ def _coerce(key, old, new, where):
 
 
 def configure(g, argv=None):
-    """Override the simple globals of `g` from argv; return the resulting {key: value} for logging."""
+    """Override the simple globals of `g` from argv, check them all; return the resulting {key: value}."""
     argv = sys.argv[1:] if argv is None else argv
     keys = sorted(k for k, v in g.items()  # UPPERCASE names are constants, not settings
                   if not k.startswith('_') and not k.isupper() and isinstance(v, SIMPLE))
     script = os.path.basename(str(g.get('__file__', 'this script')))
+    if '--help' in argv or '-h' in argv:
+        print(f"python {script} [config.py ...] [--key=value ...]; the settings and their defaults:")
+        for k in keys:
+            print(f"  --{k}={g[k]!r}")
+        raise SystemExit(0)
 
     def put(key, value, where):
         if key not in keys:
@@ -44,29 +268,34 @@ def configure(g, argv=None):
             if not eq:
                 raise SystemExit(f"error: expected --key=value, got '{arg}'")
             if isinstance(g.get(key), str):
-                value = text  # a string setting takes the text as written (--digits=007 stays '007')
+                value = text  # a string setting takes the text as written (--labels=007 stays '007')
                 if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"':
                     value = text[1:-1]
             else:
                 try:
                     value = literal_eval(text)
-                except (ValueError, SyntaxError):
-                    value = text  # not a Python literal: a string, which _coerce judges
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    try:  # nan and inf are floats, which the rules judge
+                        value = float(text) if isinstance(g.get(key), float) else text
+                    except ValueError:
+                        value = text  # not a Python literal: a string, which _coerce judges
             put(key, value, arg)
         else:
             if not os.path.isfile(arg):
                 raise SystemExit(f"error: config file '{arg}' not found (expected a Python file of "
                                  f"key = value lines, or --key=value)")
             print(f"Overriding config with {arg}:")
-            with open(arg) as f:
-                source = f.read()
-            print(source)
-            ns = {}
             try:
+                with open(arg, encoding='utf-8') as f:
+                    source = f.read()
+                ns = {}
                 exec(compile(source, arg, 'exec'), ns)
             except Exception as e:
                 raise SystemExit(f"error: config file '{arg}' failed: {type(e).__name__}: {e}")
+            print(source)
             for key, value in ns.items():
                 if not key.startswith('_') and not key.isupper() and isinstance(value, SIMPLE):
                     put(key, value, arg)
-    return {k: g[k] for k in keys}
+    config = {k: g[k] for k in keys}
+    check_all(config, script)
+    return config

@@ -157,10 +157,12 @@ class ImageError(Exception):
     """An image file that cannot be used, with the reason in one line."""
 
 
-def open_image(path):
-    """A PIL image as a person sees the file: its first frame, turned upright by its EXIF orientation,
-    at most MAX_PIXELS (large JPEGs are read reduced; other large files are refused)."""
+def open_image(path, name=None):
+    """A PIL image as a person sees the file (a path or a file object, called name in messages): its
+    first frame, turned upright by its EXIF orientation, at most MAX_PIXELS (large JPEGs are read
+    reduced; other large files are refused)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
+    name = name or f"image {path}"
     limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # the header only: the size is checked below, before any pixel is read
@@ -168,7 +170,7 @@ def open_image(path):
             warnings.simplefilter('ignore')
             im = Image.open(path)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot read image {path} ({type(e).__name__}): expected a PNG, JPEG, GIF, BMP, WebP or TIFF file")
+        raise ImageError(f"cannot read {name} ({type(e).__name__}): expected a PNG, JPEG, GIF, BMP, WebP or TIFF file")
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     w, h = im.size
@@ -176,16 +178,16 @@ def open_image(path):
         im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # decode at 1/8 scale
         w, h = im.size
     if w * h > MAX_PIXELS:
-        raise ImageError(f"image {path} is {im.size[0]}x{im.size[1]} pixels ({w * h / 1e6:.0f} MP); the limit is "
+        raise ImageError(f"{name} is {im.size[0]}x{im.size[1]} pixels ({w * h / 1e6:.0f} MP); the limit is "
                          f"{MAX_PIXELS / 1e6:.0f} MP: scale it down first")
     if w == 0 or h == 0:
-        raise ImageError(f"image {path} is empty ({w}x{h} pixels)")
+        raise ImageError(f"{name} is empty ({w}x{h} pixels)")
     try:
         im.seek(0)
         im.load()
         return ImageOps.exif_transpose(im)
     except Exception as e:  # a truncated or corrupt file fails only when its pixels are read
-        raise ImageError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}): the file is damaged")
+        raise ImageError(f"cannot read {name} ({type(e).__name__}: {str(e)[:80]}): the file is damaged")
 
 
 def image_array(im, channels):

@@ -47,9 +47,8 @@ class CausalSelfAttention(nn.Module):
             cache[0], cache[1] = k, v
         dropout = self.dropout if self.training else 0.0
         if past == 0 and x.device.type == 'cpu' and q.dtype == torch.bfloat16:
-            # the CPU's fused attention is 4x slower than plain matmuls backward in bfloat16 at these
-            # sizes (256x4x32x32: 34 ms against 6 ms, measured), and no faster forward (10,000 label
-            # readings: 6.7 s against 6.0-6.3), so spell it out as nanoGPT's fallback does
+            # the CPU's fused attention is slower than plain matmuls backward in bfloat16 at these sizes
+            # and no faster forward (README, performance), so spell it out as nanoGPT's fallback does
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=x.device).tril(), float('-inf'))
             att = F.dropout(F.softmax(att.float(), dim=-1).to(v.dtype), dropout, self.training)

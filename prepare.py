@@ -27,7 +27,7 @@ import unicodedata
 import numpy as np
 import torch
 
-from common import atomic_write, load_tokenizer, sha256_file, write_json
+from common import Progress, atomic_write, load_tokenizer, lock_folder, sha256_file, write_json
 from dataset import as_float, augmented, reload_dataset
 
 # -----------------------------------------------------------------------------
@@ -295,6 +295,7 @@ if __name__ == '__main__':
         raise SystemExit(f"error: a vocabulary of {codec.vocab_size} tokens does not fit uint16 token ids")
     task_names = list(TASKS)
     shares = np.cumsum([share for _, share in TASKS.values()])
+    lock = lock_folder(data_dir, 'prepare.py')  # one prepare.py per data_dir
     counts, files, staged = {}, {}, []
 
     def stage(name, write):
@@ -308,12 +309,23 @@ if __name__ == '__main__':
     try:
         for split, (images, labels) in splits.items():
             x = as_float(images)
-            codes = [tok.encode(x)] + [tok.encode(augmented(x, g)) for _ in range(augment if split == 'train' else 0)]
+            copies = 1 + (augment if split == 'train' else 0)
+            progress = Progress(f"{split}: encoding", copies * len(x), 'images')
+            codes = []
+            for k in range(copies):  # the image itself, then its moved copies
+                moved = x if k == 0 else augmented(x, g)
+                for i in range(0, len(x), 10000):
+                    codes.append(tok.encode(moved[i:i + 10000]))
+                    progress.update(len(codes[-1]))
             codes = torch.cat(codes).numpy()
-            labels = np.tile(labels, len(codes) // len(labels))
+            labels = np.tile(labels, copies)
             tasks = np.searchsorted(shares / shares[-1], rng.random(len(codes)), side='right')
-            lines = [codec.pad(codec.text(task_names[t], y, c)) for c, y, t in zip(codes, labels, tasks)]
-            ids = np.array([codec.encode(s) for s in lines], dtype=dtype)
+            progress = Progress(f"{split}: writing", len(codes), 'sequences')
+            lines, ids = [], np.zeros((len(codes), block_size), dtype=dtype)
+            for i, (c, y, t) in enumerate(zip(codes, labels, tasks)):
+                lines.append(codec.pad(codec.text(task_names[t], y, c)))
+                ids[i] = codec.encode(lines[-1])
+                progress.update()
             stage(f'{split}.txt', '\n'.join(lines) + '\n')
             stage(f'{split}.bin', ids.tobytes())
             stage(f'{split}_codes.npy', lambda tmp: np.save(tmp, codes.astype(np.int16)))

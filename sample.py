@@ -25,17 +25,17 @@ import re
 import numpy as np
 import torch
 
-from common import (atomic_write, check_tokenizer, load_checkpoint, load_images, load_meta, load_model, load_split,
+from common import (Progress, atomic_write, check_tokenizer, load_checkpoint, load_images, load_meta, load_model, load_split,
                     pick_device, pick_dtype, save_checkpoint, write_json)
 from common import save_npy as write_npy
-from dataset import read_image_file, save_image_grid, save_png, shifted
+from dataset import ImageError, open_image, prepare_image, read_image_file, save_image_grid, save_png, shifted, to_pil
 from model import ImageCNN
 from prepare import Codec
 
 # -----------------------------------------------------------------------------
 out_dir = 'out/vlm'         # the training run: its checkpoints, and where results are written
 data_dir = ''               # the prepared data; '' = the data_dir the checkpoint was trained on
-mode = 'eval'               # 'eval', 'generate' or 'classify'
+mode = 'eval'               # 'eval', 'generate', 'classify', 'complete' or 'serve' (a web page to play with)
 ckpt = ''                   # a checkpoint file in out_dir; '' = every ckpt_{iter}.pt for eval, ckpt.pt otherwise
 labels = ''                 # generate: class names or numbers, comma-separated ('' = every class; MNIST: also '0123')
 num_samples = 10            # generate and eval grids: images per class
@@ -44,13 +44,16 @@ top_k = 0                   # 0 = all codes; else only the k most likely at each
 guidance = 1.5              # classifier-free guidance scale, against 'image:' with no class; 0 = none
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
 view_threshold = 0.95       # again moved one pixel each way, views readings in all (1 = no second look)
-image = ''                  # classify: test indices ('7', '0,5,9', '0-99') or an image file (PNG, JPEG, ...)
+image = ''                  # classify, complete: test indices ('7', '0,5,9', '0-99') or an image file (PNG, JPEG, ...)
+keep = 3                    # complete: rows of codes kept from each image (a 1D tokenizer's row is one token)
 save_npy = ''               # generate: also write the images (N, C, S, S) in [0, 1] here, labels beside
 png_dir = ''                # generate: also write each image as its own PNG file in this folder ...
 png_size = 0                # ... this many pixels square (0 = the data set's image size)
 batch_size = 250            # images per forward pass (a CPU reads small batches faster: they stay in cache)
 reference = ''              # eval: the reference classifier; '' = out/reference_NAME.pt, trained there on first use
 fidelity_samples = 1000     # eval: images generated per class for fidelity and Frechet distance
+host = '127.0.0.1'          # serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
+port = 8000                 # serve: the port (0 = any free one)
 seed = 1337
 device = 'auto'
 dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 where native (common.native_bf16)
@@ -58,7 +61,8 @@ dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 wh
 SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))  # (dx, dy) of the extra views
 
 
-def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k=0, batch_size=250, guidance=0.0):
+def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k=0, batch_size=250, guidance=0.0,
+                    progress=None):
     """One image per label: sample its codes after 'number:7, image:' (codes only), then decode.
     Labels whose prompts are equally long are drawn together, batch_size at a time.
     -> images (N, C, S, S) on the CPU, codes (N, tokens_per_image)."""
@@ -75,13 +79,15 @@ def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k
         out = model.generate(prompts, codec.tokens_per_image, temperature, top_k or None, allowed, generator,
                              guidance, uncond)
         codes.append(out[:, prompts.size(1):] - codec.code_offset)
+        if progress:
+            progress.update(j - i)
         i = j
     codes = torch.cat(codes)
     return tok.decode(codes, batch_size).cpu(), codes.cpu()
 
 
 @torch.no_grad()
-def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250):
+def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250, progress=None):
     """Class probabilities (N, K) from 'image:XXXX, number:' for images (N, C, S, S) with their codes,
     scored over the class names only (GPT.choice_probs). An image read with top probability below
     threshold is read views - 1 more times, moved one pixel each way (SHIFTS), and its
@@ -90,7 +96,12 @@ def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_
     device = next(model.parameters()).device
     read = lambda c: model.choice_probs(codec.prompts('classification', 'label', codes=c, device=device),
                                         codec.choices, batch_size)
-    probs = read(codes)
+    probs = []
+    for i in range(0, len(codes), 4 * batch_size):
+        probs.append(read(codes[i:i + 4 * batch_size]))
+        if progress:
+            progress.update(len(probs[-1]))
+    probs = torch.cat(probs)
     unsure = (probs.max(1).values < threshold).nonzero()[:, 0]
     if views > 1 and len(unsure):
         logp = probs[unsure].clamp_min(1e-12).log()
@@ -99,6 +110,44 @@ def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_
             logp += read(tok.encode(moved, batch_size)).clamp_min(1e-12).log()
         probs[unsure] = torch.softmax(logp / views, 1)
     return probs
+
+
+@torch.no_grad()
+def complete_images(model, codec, tok, codes, keep, label, n, generator, temperature=1.0, top_k=0, guidance=0.0,
+                    batch_size=250):
+    """n completions of each image's codes (M, T) from its first `keep` codes: after 'number:7, image:'
+    and the kept codes when label is given (guided against 'image:' and the kept codes), else after
+    'image:' and the kept codes. Then, as a classification sequence goes on after the image, the model
+    names what it completed ('..., number:' scored over the class names).
+    -> images (M*n, C, S, S), codes (M*n, T), class probabilities (M*n, K), all on the CPU."""
+    device = next(model.parameters()).device
+    kept = torch.as_tensor(codes)[:, :keep].repeat_interleave(n, 0).to(device) + codec.code_offset
+    head = lambda task, labels: torch.cat([codec.prompts(task, 'image', labels=labels, device=device), kept], 1)
+    if label is None:
+        prompts, uncond, guidance = head('classification', [None] * len(kept)), None, 0.0
+    else:
+        prompts, uncond = head('generation', [label] * len(kept)), head('classification', [None] * len(kept))
+    out = model.generate(prompts, codec.tokens_per_image - keep, temperature, top_k or None, codec.code_mask(device),
+                         generator, guidance, uncond if guidance else None)
+    full = out[:, -codec.tokens_per_image:] - codec.code_offset
+    probs = model.choice_probs(codec.prompts('classification', 'label', codes=full, device=device), codec.choices,
+                               batch_size)
+    return tok.decode(full, batch_size).cpu(), full.cpu(), probs.cpu()
+
+
+def kept_rows(codec, keep):
+    """Tokens kept when `keep` rows of codes are kept: a square grid's rows, else single tokens."""
+    side = math.isqrt(codec.tokens_per_image)
+    return keep * side if side * side == codec.tokens_per_image else keep
+
+
+def kept_view(images, codec, keep):
+    """What of each image the kept codes cover: a grid tokenizer's first rows (the rest black)."""
+    side = math.isqrt(codec.tokens_per_image)
+    out = images.clone()
+    if side * side == codec.tokens_per_image:
+        out[..., round(keep * images.size(-2) / side):, :] = 0
+    return out
 
 
 def reference_classifier(path, meta, data_dir, device, epochs=3, batch=128, seed=1337):
@@ -125,6 +174,7 @@ def reference_classifier(path, meta, data_dir, device, epochs=3, batch=128, seed
     steps = epochs * math.ceil(len(x) / batch)
     print(f"training the reference classifier {path} ({epochs} epochs of {len(x):,} {info['title']} training images)",
           flush=True)
+    progress = Progress('reference classifier', steps, 'batches')
     for step in range(steps):
         idx = torch.randint(len(x), (batch,), device=device, generator=g)
         off = torch.randint(3, (2, batch), device=device, generator=g)
@@ -135,6 +185,7 @@ def reference_classifier(path, meta, data_dir, device, epochs=3, batch=128, seed
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        progress.update()
     cnn.eval()
     test_x, test_y = (t.to(device) for t in load_images(data_dir, 'test', meta))
     acc = (classify_images(cnn, test_x).argmax(1) == test_y).float().mean().item()
@@ -266,19 +317,8 @@ def generate():
 
 def classify():
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
-    if not image:
-        raise SystemExit("error: classify needs --image=INDICES (test images) or --image=FILE")
-    if os.path.exists(image) or not re.fullmatch(r'[\d,\s-]+', image):
-        x = torch.from_numpy(read_image_file(image, meta['dataset']))[None]
-        seen = os.path.join(out_dir, 'classify_input.png')
-        save_png(x[0], seen)
-        codes, truth, names = tok.encode(x.to(device)).cpu(), [None], [image]
-        print(f"the {x.size(-1)}x{x.size(-1)} image the model saw: {seen}")
-    else:
-        _, test_codes, test_labels, _ = load_split(data_dir, 'test', meta)
-        idx = parse_indices(image, len(test_codes))
-        x = load_images(data_dir, 'test', meta)[0][idx]
-        codes, truth, names = test_codes[idx], test_labels[idx].tolist(), [f"test[{i}]" for i in idx]
+    x, truth, names = inputs()
+    codes = tok.encode(x.to(device)).cpu()
     probs = read_labels(model, codec, tok, codes, x.to(device), views, view_threshold, batch_size).cpu()
     for name, t, p in zip(names, truth, probs):
         print(f"{name}: {codec.classes[int(p.argmax())]}" + ('' if t is None else f" (true {codec.classes[t]})")
@@ -294,7 +334,8 @@ def evaluate():
     results = []
     for path in paths:
         model, ck = load_model(path, meta, data_dir, device, dtype)
-        pred = read_labels(model, codec, tok, test_codes, test_images, views, view_threshold, batch_size).argmax(1)
+        pred = read_labels(model, codec, tok, test_codes, test_images, views, view_threshold, batch_size,
+                           Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images')).argmax(1)
         n = len(test_labels)
         acc = (pred == test_labels).float().mean().item()
         confusion = torch.zeros(K, K, dtype=torch.long)
@@ -329,7 +370,7 @@ def evaluate():
     gen_labels = [y for y in range(K) for _ in range(fidelity_samples)]
     model, ck = load_model(paths[-1], meta, data_dir, device, dtype)
     images, codes = generate_images(model, codec, tok, gen_labels, torch.Generator(device).manual_seed(seed + 1),
-                                    temperature, top_k, batch_size, guidance)
+                                    temperature, top_k, batch_size, guidance, Progress('generating', len(gen_labels), 'images'))
     images = images.to(device)
     read = classify_images(cnn, images).argmax(1).cpu()
     want = torch.tensor(gen_labels)
@@ -355,15 +396,368 @@ def evaluate():
     print(f"wrote {out_dir}/eval.json, accuracy.png and samples_{{iter}}.png")
 
 
-MODES = {'eval': evaluate, 'generate': generate, 'classify': classify}
+def complete():
+    """Completions of test images or an image file from their first rows of codes, as a PNG grid: per
+    image the original, the kept part, then the completions."""
+    model, ck = load_model(paths[0], meta, data_dir, device, dtype)
+    side = math.isqrt(codec.tokens_per_image)
+    rows = side if side * side == codec.tokens_per_image else codec.tokens_per_image
+    if keep > rows:
+        raise SystemExit(f"error: keep={keep} is not allowed: keep must be at most {rows}, the rows of codes of an image")
+    x, truth, names = inputs()
+    codes = tok.encode(x.to(device)).cpu()
+    label = codec.label(labels) if labels.strip() else None
+    images, full, probs = complete_images(model, codec, tok, codes, kept_rows(codec, keep), label, num_samples,
+                                          torch.Generator(device).manual_seed(seed), temperature, top_k, guidance)
+    grid = torch.cat([torch.cat([x[i:i + 1], kept_view(x[i:i + 1], codec, keep), images[i * num_samples:(i + 1) * num_samples]])
+                      for i in range(len(x))])
+    path = os.path.join(out_dir, 'complete.png')
+    save_image_grid(grid, path, num_samples + 2, row_labels=names)
+    print(f"completions of {len(x)} image(s) from their first {keep} row(s) of codes"
+          + (f", as {codec.classes[label]}" if label is not None else ', no class given') + f": {path} "
+          "(per row: the original, the kept part, the completions)")
+    for i, name in enumerate(names):
+        said = [codec.classes[int(p.argmax())] for p in probs[i * num_samples:(i + 1) * num_samples]]
+        print(f"{name}" + (f" (true {codec.classes[truth[i]]})" if truth[i] is not None else '')
+              + f": the model names its completions {', '.join(said)}")
+
+
+def inputs():
+    """The images that --image names: test images by index, or an image file, prepared as the data
+    set's. -> images (N, C, S, S), true labels (None for a file), names."""
+    if not image:
+        raise SystemExit(f"error: {mode} needs --image=INDICES (test images) or --image=FILE")
+    if os.path.exists(image) or not re.fullmatch(r'[\d,\s-]+', image):
+        x = torch.from_numpy(read_image_file(image, info))[None]
+        seen = os.path.join(out_dir, f'{mode}_input.png')
+        save_png(x[0], seen)
+        print(f"the {x.size(-1)}x{x.size(-1)} image the model saw: {seen}")
+        return x, [None], [image]
+    images, truth = load_images(data_dir, 'test', meta)
+    idx = parse_indices(image, len(images))
+    return images[idx], truth[idx].tolist(), [f"test[{i}]" for i in idx]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the web page: python sample.py --mode=serve
+
+MAX_BODY = 4 << 20  # bytes: a request's body is refused above this
+
+
+class BadRequest(Exception):
+    """A request the page cannot answer, with the reason for the user."""
+
+
+def data_url(image, size=None):
+    """An image (C, S, S) in [0, 1] as a PNG data URL."""
+    import base64
+    import io
+    buf = io.BytesIO()
+    to_pil(image, size).save(buf, format='PNG')
+    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_from(request):
+    """The image a request carries as a data URL (a drawing or an upload), prepared as image files are
+    (dataset.prepare_image); a request never names a file."""
+    import base64
+    import binascii
+    import io
+    url = request.get('image')
+    if not isinstance(url, str) or not url.startswith('data:image/') or ';base64,' not in url:
+        raise BadRequest("image must be an image as a data URL ('data:image/png;base64,...')")
+    try:
+        raw = base64.b64decode(url.split(';base64,', 1)[1], validate=True)
+        return torch.from_numpy(prepare_image(open_image(io.BytesIO(raw), 'the image'), info, name='the image'))
+    except (binascii.Error, ValueError):
+        raise BadRequest('image is not valid base64')
+    except ImageError as e:
+        raise BadRequest(str(e))
+
+
+def setting(request, key, default, kind):
+    """A sampling setting of a request, checked by the command line's rule (configurator.RULES)."""
+    from configurator import check
+    value = request.get(key, default)
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:
+        raise BadRequest(f"{key} must be a {kind.__name__}, got {value!r}")
+    try:
+        check(key, value, 'sample.py')
+    except SystemExit as e:
+        raise BadRequest(str(e).removeprefix('error: '))
+    return value
+
+
+def class_of(request, optional=False):
+    name = request.get('label', '')
+    if optional and name in ('', None):
+        return None
+    try:
+        return codec.label(name)
+    except SystemExit as e:
+        raise BadRequest(str(e).removeprefix('error: '))
+
+
+class Page:
+    """What the page asks, answered by the model of out_dir; one request computes at a time (the
+    server's threads queue on a lock), so two browsers each get their own answer."""
+
+    def __init__(self):
+        import threading
+        self.model, self.ck = load_model(paths[0], meta, data_dir, device, dtype)
+        self.test_images, self.test_labels = load_images(data_dir, 'test', meta)
+        self.lock = threading.Lock()
+        self.calls = 0
+
+    def info(self, request):
+        side = math.isqrt(codec.tokens_per_image)
+        return dict(title=info['title'], classes=codec.classes, key=codec.key, image_size=info['image_size'],
+                    channels=info['channels'], tokens_per_image=codec.tokens_per_image,
+                    rows=side if side * side == codec.tokens_per_image else codec.tokens_per_image,
+                    test_images=len(self.test_images), checkpoint=paths[0], iteration=self.ck['iter_num'],
+                    defaults=dict(n=4, temperature=temperature, guidance=guidance, keep=keep))
+
+    def index(self, request):
+        i = request.get('index')
+        if type(i) is not int or not 0 <= i < len(self.test_images):
+            raise BadRequest(f"index must be a test image number 0..{len(self.test_images) - 1}, got {i!r}")
+        return i
+
+    def test(self, request):
+        i = self.index(request)
+        return dict(image=data_url(self.test_images[i]), label=codec.classes[int(self.test_labels[i])])
+
+    def classify(self, request):
+        x = image_from(request)[None].to(device)
+        codes = tok.encode(x)
+        p = read_labels(self.model, codec, tok, codes, x, views, view_threshold)[0].cpu()
+        return dict(classes=codec.classes, probs=p.tolist(), label=codec.classes[int(p.argmax())], seen=data_url(x[0]),
+                    tokens=codec.image_text(codes[0].tolist()))
+
+    def generate(self, request):
+        y = class_of(request)
+        n = setting(request, 'num_samples', 4, int)
+        if n > 64:
+            raise BadRequest(f"num_samples must be at most 64 on the page, got {n}")
+        g = torch.Generator(device).manual_seed(seed + self.calls)
+        images, codes = generate_images(self.model, codec, tok, [y] * n, g, setting(request, 'temperature', temperature, float),
+                                        top_k, batch_size, setting(request, 'guidance', guidance, float))
+        return dict(label=codec.classes[y], images=[data_url(im) for im in images],
+                    tokens=[codec.text('generation', y, c.tolist()) for c in codes])
+
+    def complete(self, request):
+        y = class_of(request, optional=True)
+        n = setting(request, 'num_samples', 4, int)
+        rows = self.info(request)['rows']
+        k = setting(request, 'keep', keep, int)
+        if n > 16 or k > rows:
+            raise BadRequest(f"num_samples must be at most 16 and keep at most {rows}, got {n} and {k}")
+        if 'index' in request:
+            x = self.test_images[self.index(request)][None]
+        else:
+            x = image_from(request)[None]
+        g = torch.Generator(device).manual_seed(seed + self.calls)
+        images, codes, probs = complete_images(self.model, codec, tok, tok.encode(x.to(device)).cpu(), kept_rows(codec, k), y,
+                                               n, g, setting(request, 'temperature', temperature, float), top_k,
+                                               setting(request, 'guidance', guidance, float))
+        task = 'generation' if y is not None else 'classification'
+        return dict(original=data_url(x[0]), kept=data_url(kept_view(x, codec, k)[0]),
+                    completions=[dict(image=data_url(im), tokens=codec.text(task, int(p.argmax()), c.tolist()),
+                                      name=codec.classes[int(p.argmax())], p=float(p.max()))
+                                 for im, c, p in zip(images, codes, probs)])
+
+    def answer(self, name, request):
+        with self.lock, torch.no_grad():
+            self.calls += 1
+            return getattr(self, name)(request)
+
+
+def serve():
+    """A small web server from the standard library over the model of out_dir: the page, and its JSON API."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    page = Page()
+    routes = {'/api/info': 'info', '/api/test': 'test', '/api/classify': 'classify', '/api/generate': 'generate',
+              '/api/complete': 'complete'}
+
+    class Handler(BaseHTTPRequestHandler):
+        def reply(self, status, body, kind='application/json'):
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header('Content-Type', kind + '; charset=utf-8')
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path in ('/', '/index.html'):
+                return self.reply(200, PAGE, 'text/html')
+            if self.path == '/api/info':
+                return self.reply(200, page.answer('info', {}))
+            self.reply(404, dict(error=f"no page {self.path}: the page is at /"))
+
+        def do_POST(self):
+            route = routes.get(self.path)
+            if route is None:
+                return self.reply(404, dict(error=f"no API {self.path}: expected one of {', '.join(routes)}"))
+            try:
+                length = int(self.headers.get('Content-Length') or -1)
+            except ValueError:
+                length = -1
+            if length < 0:
+                return self.reply(411, dict(error='a request needs a Content-Length'))
+            if length > MAX_BODY:
+                self.close_connection = True  # the body is not read
+                return self.reply(413, dict(error=f"the request is {length:,} bytes; the limit is {MAX_BODY:,}"))
+            try:
+                request = json.loads(self.rfile.read(length) or b'null')
+            except (ValueError, UnicodeDecodeError) as e:
+                return self.reply(400, dict(error=f"the request is not JSON ({e})"))
+            if not isinstance(request, dict):
+                return self.reply(400, dict(error='the request must be a JSON object'))
+            try:
+                return self.reply(200, page.answer(route, request))
+            except BadRequest as e:
+                return self.reply(400, dict(error=str(e)))
+
+        def log_message(self, fmt, *args):  # one short line per request
+            print(f"{self.address_string()} {fmt % args}", flush=True)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    shown = 'localhost' if host in ('127.0.0.1', '') else host
+    print(f"serving {info['title']} ({len(codec.classes)} classes, {paths[0]}, iteration {page.ck['iter_num']}) at "
+          f"http://{shown}:{server.server_address[1]}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print('stopped')
+    finally:
+        server.server_close()
+
+
+PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tinyvlm</title>
+<style>
+ body { font: 15px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 12px; color: #222; }
+ h1 { font-size: 22px; margin: 4px 0 12px; } h2 { font-size: 17px; margin: 0 0 8px; }
+ section { border: 1px solid #ddd; border-radius: 8px; padding: 12px; margin-bottom: 14px; }
+ .row { display: flex; gap: 18px; flex-wrap: wrap; align-items: flex-start; }
+ canvas { border: 1px solid #888; touch-action: none; cursor: crosshair; background: #000; }
+ img.px { image-rendering: pixelated; width: 112px; height: 112px; border: 1px solid #aaa; background: #000; }
+ img.small { width: 84px; height: 84px; }
+ .bar { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
+ .bar .name { width: 120px; text-align: right; overflow: hidden; white-space: nowrap; }
+ .bar .fill { background: #4a7bd0; height: 14px; } .bar.top .fill { background: #d0662a; }
+ .tok { font-family: ui-monospace, monospace; font-size: 11px; max-width: 230px; word-break: break-all; color: #555; }
+ .cell { display: inline-flex; flex-direction: column; align-items: center; margin: 0 8px 8px 0; }
+ .err { color: #b00; } label { margin-right: 10px; } input[type=number] { width: 64px; }
+ button { padding: 4px 12px; }
+</style></head><body>
+<h1>tinyvlm: <span id="title"></span></h1>
+<section><h2>Draw, and the model reads it</h2><div class="row">
+ <div><canvas id="pad" width="280" height="280"></canvas><br>
+  <button id="clear">clear</button> <label>pen <input id="pen" type="color" value="#ffffff"></label> <span id="readerr" class="err"></span></div>
+ <div><div>what the model saw:</div><img id="seen" class="px" alt=""><div id="seentok" class="tok"></div></div>
+ <div id="bars"></div></div></section>
+<section><h2>Ask for a class, and the model draws it</h2>
+ <label>class <select id="genclass"></select></label><label>images <input id="gen_n" type="number" min="1" max="64"></label>
+ <label>temperature <input id="gen_t" type="number" step="0.1" min="0"></label>
+ <label>guidance <input id="gen_g" type="number" step="0.5" min="0"></label> <button id="gen">draw</button>
+ <span id="generr" class="err"></span><div id="gens" class="row" style="margin-top:10px"></div></section>
+<section><h2>Cut an image, and the model completes it</h2>
+ <label>from <select id="src"><option value="test">test image</option><option value="drawing">the drawing</option></select></label>
+ <label>test image <input id="idx" type="number" min="0" value="0"></label><button id="rand">random</button>
+ <label>keep rows <input id="keep" type="number" min="0"></label>
+ <label>as <select id="compclass"><option value="">(no class: the model names it)</option></select></label>
+ <label>completions <input id="comp_n" type="number" min="1" max="16" value="4"></label> <button id="comp">complete</button>
+ <span id="comperr" class="err"></span><div id="comps" class="row" style="margin-top:10px"></div></section>
+<script>
+const $ = id => document.getElementById(id);
+let info = null;
+async function api(path, body) {
+  const r = await fetch(path, body === undefined ? {} : {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+  const j = await r.json();
+  if (!r.ok) throw new Error(j.error || r.statusText);
+  return j;
+}
+function img(src, cls, title) { const i = document.createElement('img'); i.src = src; i.className = 'px ' + (cls || ''); if (title) i.title = title; return i; }
+function cell(image, caption, tokens, cls) {
+  const d = document.createElement('div'); d.className = 'cell'; d.appendChild(img(image, cls));
+  if (caption) { const c = document.createElement('div'); c.textContent = caption; c.className = 'caption'; d.appendChild(c); }
+  if (tokens) { const t = document.createElement('div'); t.textContent = tokens; t.className = 'tok'; d.appendChild(t); }
+  return d;
+}
+// drawing
+const pad = $('pad'), ctx = pad.getContext('2d');
+function clearPad() { ctx.fillStyle = '#000'; ctx.fillRect(0, 0, pad.width, pad.height); $('bars').innerHTML = ''; $('seen').removeAttribute('src'); }
+let drawing = false, last = null, dirty = false;
+function at(e) { const r = pad.getBoundingClientRect(); return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height]; }
+pad.addEventListener('pointerdown', e => { drawing = true; last = at(e); pad.setPointerCapture(e.pointerId); stroke(last); });
+pad.addEventListener('pointermove', e => { if (drawing) stroke(at(e)); });
+['pointerup', 'pointercancel'].forEach(k => pad.addEventListener(k, () => { if (drawing) { drawing = false; read(); } }));
+function stroke(p) {
+  ctx.strokeStyle = $('pen').value; ctx.lineWidth = 20; ctx.lineCap = 'round'; ctx.lineJoin = 'round';
+  ctx.beginPath(); ctx.moveTo(last[0], last[1]); ctx.lineTo(p[0] + 0.01, p[1]); ctx.stroke(); last = p; dirty = true;
+}
+async function read() {
+  $('readerr').textContent = '';
+  try {
+    const r = await api('/api/classify', {image: pad.toDataURL('image/png')});
+    $('seen').src = r.seen; $('seentok').textContent = r.tokens;
+    const bars = $('bars'); bars.innerHTML = '';
+    r.classes.forEach((c, k) => {
+      const b = document.createElement('div'); b.className = 'bar' + (c === r.label ? ' top' : '');
+      b.innerHTML = '<span class="name"></span><span class="fill"></span><span class="p"></span>';
+      b.querySelector('.name').textContent = c; b.querySelector('.fill').style.width = Math.round(200 * r.probs[k]) + 'px';
+      b.querySelector('.p').textContent = r.probs[k].toFixed(3); bars.appendChild(b);
+    });
+  } catch (e) { $('readerr').textContent = e.message; }
+}
+$('clear').onclick = clearPad;
+// generation
+$('gen').onclick = async () => {
+  $('generr').textContent = ''; $('gens').innerHTML = '';
+  try {
+    const r = await api('/api/generate', {label: $('genclass').value, num_samples: +$('gen_n').value,
+                                          temperature: +$('gen_t').value, guidance: +$('gen_g').value});
+    r.images.forEach((src, k) => $('gens').appendChild(cell(src, r.label, r.tokens[k])));
+  } catch (e) { $('generr').textContent = e.message; }
+};
+// completion
+$('rand').onclick = () => { $('idx').value = Math.floor(Math.random() * info.test_images); };
+$('comp').onclick = async () => {
+  $('comperr').textContent = ''; $('comps').innerHTML = '';
+  const body = {keep: +$('keep').value, label: $('compclass').value, num_samples: +$('comp_n').value,
+                temperature: +$('gen_t').value, guidance: +$('gen_g').value};
+  if ($('src').value === 'test') body.index = +$('idx').value; else body.image = pad.toDataURL('image/png');
+  try {
+    const r = await api('/api/complete', body);
+    $('comps').appendChild(cell(r.original, 'original')); $('comps').appendChild(cell(r.kept, 'kept'));
+    r.completions.forEach(c => $('comps').appendChild(cell(c.image, c.name + ' ' + c.p.toFixed(2), c.tokens)));
+  } catch (e) { $('comperr').textContent = e.message; }
+};
+(async () => {
+  info = await api('/api/info');
+  $('title').textContent = info.title + ', ' + info.classes.length + ' classes, iteration ' + info.iteration;
+  info.classes.forEach(c => { for (const s of ['genclass', 'compclass']) { const o = document.createElement('option'); o.value = o.textContent = c; $(s).appendChild(o); } });
+  $('gen_n').value = info.defaults.n; $('gen_t').value = info.defaults.temperature; $('gen_g').value = info.defaults.guidance;
+  $('keep').value = info.defaults.keep; $('keep').max = info.rows; $('idx').max = info.test_images - 1;
+  if (info.channels === 1) $('pen').parentElement.style.display = 'none';
+  clearPad();
+})();
+</script></body></html>
+"""
+
+
+MODES = {'eval': evaluate, 'generate': generate, 'classify': classify, 'complete': complete, 'serve': serve}
 
 if __name__ == '__main__':
     from configurator import configure
     configure(globals())
-    if mode not in MODES:
-        raise SystemExit(f"error: mode must be {', '.join(repr(m) for m in MODES)}, got {mode!r}")
-    if not 1 <= views <= len(SHIFTS) + 1:
-        raise SystemExit(f"error: views must be 1 to {len(SHIFTS) + 1}, got {views}")
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     torch.manual_seed(seed)

@@ -23,7 +23,7 @@ from torch.distributed import barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import (autocast, check_data, data_signature, load_array, load_checkpoint, load_meta, load_split,
-                    pick_device, pick_dtype, save_checkpoint)
+                    lock_folder, pick_device, pick_dtype, save_checkpoint)
 from model import GPT, GPTConfig
 from prepare import PAD, Codec, label_targets, training_pairs
 
@@ -69,8 +69,6 @@ seed = 1337
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
 config = configure(globals())
-if init_from not in ('scratch', 'resume'):
-    raise SystemExit(f"error: init_from must be 'scratch' or 'resume', got {init_from!r}")
 
 # processes and devices
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -90,6 +88,8 @@ micro_batch = batch_size // (world_size * gradient_accumulation_steps)
 if micro_batch * world_size * gradient_accumulation_steps != batch_size:
     raise SystemExit(f"error: batch_size {batch_size} must divide into {world_size} processes x "
                      f"{gradient_accumulation_steps} accumulation steps")
+if master:  # one run per out_dir: a second train.py there is refused rather than interleaving checkpoints
+    lock = lock_folder(out_dir, 'train.py')
 device_type = 'cuda' if device.startswith('cuda') else device
 dtype = pick_dtype(device, dtype)  # mixed precision: weights and optimizer state stay float32
 ctx = autocast(device, dtype)

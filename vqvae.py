@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common import atomic_write, autocast, pick_device, pick_dtype, save_checkpoint
+from common import Progress, atomic_write, autocast, pick_device, pick_dtype, save_checkpoint
 from dataset import as_float, load_dataset, save_image_grid
 from model import VQVAE
 
@@ -112,6 +112,7 @@ if __name__ == '__main__':
     for epoch in range(max_epochs):
         tok.train()
         perm = torch.randperm(len(train), generator=g).to(device)
+        progress = Progress(f"epoch {epoch + 1}", math.ceil(len(train) / batch_size), 'batches')
         for i in range(0, len(train), batch_size):
             for group in optimizer.param_groups:
                 group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
@@ -121,6 +122,7 @@ if __name__ == '__main__':
             batch_loss.backward()
             optimizer.step()
             step += 1
+            progress.update()
         vl = val_loss()
         if vl < best - 1e-6:
             best, bad_epochs = vl, 0

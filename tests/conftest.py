@@ -28,3 +28,28 @@ def mnist_dir():
                 't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')):
             return os.path.abspath(d)
     pytest.skip('MNIST files not found in ../shared/mnist or data/mnist')
+
+
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_iters=2',
+        '--eval_classify=100', '--warmup_iters=5', '--lr_decay_iters=40', '--log_interval=10']
+
+
+def error_line(p):
+    """A failed script must say one line, 'error: ...', and exit non-zero: no traceback."""
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), p.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope='session')
+def work(mnist_dir, tmp_path_factory):
+    """A folder where vqvae.py and prepare.py have run with their defaults (one epoch of the tokenizer),
+    and the published MLP tokenizer beside them (out/vqvae_seed, data/seed_vlm)."""
+    w = tmp_path_factory.mktemp('work')
+    p = run_script('vqvae.py', f'--idx_dir={mnist_dir}', '--max_epochs=1', cwd=w)
+    assert 'PSNR' in p.stdout
+    run_script('prepare.py', '--augment=1', cwd=w)
+    run_script('vqvae.py', os.path.join(REPO, 'config/vqvae_seed.py'), '--max_epochs=1', '--kmeans_samples=2000', cwd=w)
+    run_script('prepare.py', '--tokenizer=out/vqvae_seed/ckpt.pt', '--data_dir=data/seed_vlm', '--augment=0', cwd=w)
+    return w

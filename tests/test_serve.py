@@ -1,0 +1,184 @@
+"""python sample.py --mode=serve: the page in a real browser (headless Chromium), every bad request a
+clear 4xx with the server still serving, two clients at once; and --mode=complete on the command line."""
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import REPO, TINY, error_line, run_script
+
+
+@pytest.fixture(scope='module')
+def server(work):
+    """The page over a tiny model trained here, on a free port."""
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=20', '--out_dir=out/serve', cwd=work)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'sample.py'), '--mode=serve', '--port=0',
+                             '--out_dir=out/serve'], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    line = proc.stdout.readline()
+    m = re.search(r'at http://localhost:(\d+)/', line)
+    assert m, line + proc.stdout.read(2000)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its log flowing
+    yield int(m.group(1))
+    proc.terminate()
+    proc.wait(10)
+
+
+def request(port, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    c.request(method, path, body=data, headers=headers or {'Content-Type': 'application/json'})
+    r = c.getresponse()
+    out = r.status, json.loads(r.read() or b'null')
+    c.close()
+    return out
+
+
+def drawing_url(vertical=True):
+    from PIL import Image, ImageDraw
+    im = Image.new('RGB', (280, 280))
+    ImageDraw.Draw(im).line([(140, 40), (140, 240)] if vertical else [(40, 140), (240, 140)], fill='white', width=20)
+    buf = io.BytesIO()
+    im.save(buf, 'PNG')
+    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_api_answers(server):
+    status, info = request(server, 'GET', '/api/info')
+    assert status == 200 and info['classes'] == list('0123456789') and info['rows'] == 7
+    status, r = request(server, 'POST', '/api/classify', {'image': drawing_url()})
+    assert status == 200 and len(r['probs']) == 10 and abs(sum(r['probs']) - 1) < 1e-4 and r['label'] in info['classes']
+    assert r['seen'].startswith('data:image/png;base64,') and len(r['tokens']) == 49
+    status, r = request(server, 'POST', '/api/generate', {'label': '7', 'num_samples': 3, 'temperature': 0.8, 'guidance': 1})
+    assert status == 200 and len(r['images']) == 3 and all(t.startswith('number:7, image:') for t in r['tokens'])
+    for body in ({'index': 5, 'keep': 3, 'num_samples': 2}, {'image': drawing_url(), 'keep': 2, 'label': '1'}):
+        status, r = request(server, 'POST', '/api/complete', body)
+        assert status == 200 and r['kept'].startswith('data:image/png') and len(r['completions']) == body.get('num_samples', 4)
+        assert all(c['name'] in info['classes'] and 0 <= c['p'] <= 1 for c in r['completions'])
+
+
+@pytest.mark.parametrize('method, path, body, headers, status, message', [
+    ('POST', '/api/classify', b'{not json', None, 400, 'not JSON'),
+    ('POST', '/api/classify', b'[1, 2]', None, 400, 'must be a JSON object'),
+    ('POST', '/api/classify', {'image': 'data:image/png;base64,' + base64.b64encode(b'not an image').decode()}, None, 400,
+     'cannot read the image'),
+    ('POST', '/api/classify', {'image': 'data:image/png;base64,***'}, None, 400, 'not valid base64'),
+    ('POST', '/api/classify', {'image': '/etc/passwd'}, None, 400, 'image must be an image as a data URL'),
+    ('POST', '/api/classify', {}, None, 400, 'image must be an image as a data URL'),
+    ('POST', '/api/classify', b'x' * 10, {'Content-Length': str(50 << 20)}, 413, 'the limit is'),
+    ('POST', '/api/generate', {'label': 'Sneaker'}, None, 400, "unknown class 'Sneaker'"),
+    ('POST', '/api/generate', {'label': '7', 'temperature': -1}, None, 400, 'temperature must be a number at least 0'),
+    ('POST', '/api/generate', {'label': '7', 'guidance': 'lots'}, None, 400, 'guidance must be a float'),
+    ('POST', '/api/generate', {'label': '7', 'num_samples': 0}, None, 400, 'num_samples must be a whole number from 1'),
+    ('POST', '/api/generate', {'label': '7', 'num_samples': 1000}, None, 400, 'at most 64 on the page'),
+    ('POST', '/api/complete', {'index': 10 ** 9}, None, 400, 'index must be a test image number 0..9999'),
+    ('POST', '/api/complete', {'index': '../../etc/passwd'}, None, 400, 'index must be a test image number'),
+    ('POST', '/api/complete', {'index': 1, 'keep': 99}, None, 400, 'keep at most 7'),
+    ('POST', '/api/nope', {}, None, 404, 'no API /api/nope'),
+    ('GET', '/etc/passwd', None, None, 404, 'no page /etc/passwd'),
+])
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, method, path, body, headers, status, message):
+    got, r = request(server, method, path, body, headers)
+    assert got == status and message in r['error'], r
+    assert request(server, 'GET', '/api/info')[0] == 200
+
+
+def test_two_clients_at_once_get_their_own_answers(server):
+    answers = {}
+
+    def ask(label):
+        answers[label] = [request(server, 'POST', '/api/generate', {'label': label, 'num_samples': 2}) for _ in range(3)]
+    threads = [threading.Thread(target=ask, args=(d,)) for d in '38']
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for label, rs in answers.items():
+        assert all(s == 200 and r['label'] == label and all(t.startswith(f'number:{label}, ') for t in r['tokens'])
+                   for s, r in rs)
+
+
+def browser():
+    """A headless Chromium driven by selenium, or the reason there is none (a skip outside CI, a
+    failure in CI, where .ci/run installs them)."""
+    found = [shutil.which(n) for n in ('chromium', 'chromedriver')]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        found.append(None)
+    if not all(found):
+        why = 'no headless browser here (Debian chromium and chromium-driver, pip selenium)'
+        if os.environ.get('CI'):
+            pytest.fail(why + ': .ci/run installs them')
+        pytest.skip(why)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run',
+                '--disable-background-networking', '--disable-component-update', '--disable-sync', '--window-size=1200,1400'):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(found[1]), options=opts)
+
+
+def test_page_in_a_real_browser(server, tmp_path):
+    """Draw a stroke on the canvas and see one probability per class; ask for a class and see its
+    images; complete a test image."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    driver = browser()
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f'http://127.0.0.1:{server}/')
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#genclass option')) == 10)
+        assert 'MNIST' in driver.find_element(By.ID, 'title').text
+        pad = driver.find_element(By.ID, 'pad')
+        ActionChains(driver).move_to_element_with_offset(pad, 0, -90).click_and_hold().move_by_offset(5, 60) \
+            .move_by_offset(0, 60).release().perform()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#bars .bar')) == 10)
+        bars = driver.find_elements(By.CSS_SELECTOR, '#bars .bar')
+        assert [b.find_element(By.CLASS_NAME, 'name').text for b in bars] == list('0123456789')
+        probs = [float(b.find_element(By.CLASS_NAME, 'p').text) for b in bars]
+        assert abs(sum(probs) - 1) < 0.02 and len(driver.find_elements(By.CSS_SELECTOR, '#bars .bar.top')) == 1
+        assert driver.find_element(By.ID, 'seen').get_attribute('src').startswith('data:image/png')
+
+        Select(driver.find_element(By.ID, 'genclass')).select_by_visible_text('7')
+        driver.find_element(By.ID, 'gen').click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#gens img')) == 4)
+        tokens = [t.text for t in driver.find_elements(By.CSS_SELECTOR, '#gens .tok')]
+        assert len(tokens) == 4 and all(t.startswith('number:7, image:') for t in tokens)
+
+        driver.find_element(By.ID, 'idx').clear()
+        driver.find_element(By.ID, 'idx').send_keys('12')
+        driver.find_element(By.ID, 'comp').click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#comps img')) == 6)
+        captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, '#comps .caption')]
+        assert captions[:2] == ['original', 'kept'] and all(re.fullmatch(r'\d \d\.\d\d', c) for c in captions[2:])
+        assert driver.find_element(By.ID, 'comperr').text == ''
+        shot = tmp_path / 'page.png'
+        driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    finally:
+        driver.quit()
+
+
+def test_complete_on_the_command_line(work, server):
+    p = run_script('sample.py', '--mode=complete', '--out_dir=out/serve', '--image=3,7', '--keep=4', '--num_samples=3', cwd=work)
+    assert 'the model names its completions' in p.stdout and len(re.findall(r'test\[\d\] \(true \d\)', p.stdout)) == 2
+    from PIL import Image
+    grid = Image.open(work / 'out/serve/complete.png')
+    assert grid.width > grid.height  # 2 rows of original, kept and 3 completions
+    p = run_script('sample.py', '--mode=complete', '--out_dir=out/serve', '--image=3', '--labels=5', cwd=work)
+    assert 'as 5' in p.stdout
+    assert 'keep must be at most 7' in error_line(run_script('sample.py', '--mode=complete', '--out_dir=out/serve',
+                                                             '--image=3', '--keep=8', cwd=work, check=False))
+    assert 'complete needs --image' in error_line(run_script('sample.py', '--mode=complete', '--out_dir=out/serve',
+                                                             cwd=work, check=False))

@@ -100,8 +100,12 @@ def load_tokenizer(path):
     ckpt = load_checkpoint(path, 'tokenizer checkpoint', 'run vqvae.py first')
     if not isinstance(ckpt, dict) or not {'model_args', 'model', 'dataset'} <= set(ckpt):
         raise SystemExit(f"error: {path} is not a tokenizer checkpoint written by this vqvae.py: run vqvae.py again")
-    tok = VQVAE(**ckpt['model_args'])
-    tok.load_state_dict(ckpt['model'])
+    try:
+        tok = VQVAE(**ckpt['model_args'])
+        tok.load_state_dict(ckpt['model'])
+    except (TypeError, RuntimeError) as e:
+        raise SystemExit(f"error: {path} does not fit this code's tokenizer ({str(e).splitlines()[0][:100]}): "
+                         f"run vqvae.py again")
     return tok.eval(), ckpt
 
 
@@ -113,8 +117,11 @@ def load_model(path, meta, data_dir, device, dtype='float32'):
     if not isinstance(ck, dict) or 'model_args' not in ck or 'data' not in ck:
         raise SystemExit(f"error: {path} is not a checkpoint written by train.py")
     check_data(ck, meta, path, data_dir)
-    model = GPT(GPTConfig(**ck['model_args']))
-    model.load_state_dict(ck['model'])
+    try:
+        model = GPT(GPTConfig(**ck['model_args']))
+        model.load_state_dict(ck['model'])
+    except (TypeError, RuntimeError) as e:
+        raise SystemExit(f"error: {path} does not fit this code's GPT ({str(e).splitlines()[0][:100]}): train again")
     return model.to(device=device, dtype=getattr(torch, dtype)).eval(), ck
 
 
@@ -204,22 +211,54 @@ def pick_device(device='auto'):
     return 'cpu'
 
 
-def native_bf16(device):
-    """Does the device compute bfloat16 natively? cuda: Ampere or newer; a CPU: AVX512-BF16 or AMX
-    (elsewhere the CPU emulates it, slower than float32)."""
+def matmul_rate(device, dtype, n=1024, reps=5):
+    """GFLOP/s of an n x n matmul in dtype on device, the best of reps (after a warm-up)."""
+    import time
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    best = float('inf')
+    for i in range(reps + 1):
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
+    """Is bfloat16 faster than float32 here? cuda: where supported (Ampere or newer). A CPU: timed once
+    per machine (bfloat16 must run matmuls 1.2x float32's rate to pay for its conversions; CPUs that
+    emulate it, or lack AMX next to AVX512-BF16, run it slower), the answer cached in out/ so that
+    every run on this machine trains in the same dtype."""
     if device.startswith('cuda'):
         return torch.cuda.is_bf16_supported()
-    if device == 'cpu' and os.path.isfile('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            flags = next((line for line in f if line.startswith('flags')), '').split()
-        return 'avx512_bf16' in flags or 'amx_bf16' in flags
-    return False
+    if device != 'cpu':
+        return False
+    import platform
+    key = f"{platform.processor() or platform.machine()} {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    try:
+        with open(cache, encoding='utf-8') as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        rates = {d: matmul_rate('cpu', d) for d in ('float32', 'bfloat16')}
+        known[key] = dict(bfloat16=rates['bfloat16'] >= 1.2 * rates['float32'], gflops=rates)
+        try:
+            write_json(cache, known)
+        except OSError:
+            pass  # a read-only folder: time it again next run
+    return known[key]['bfloat16']
 
 
 def pick_dtype(device, dtype='auto'):
-    """'auto' -> 'bfloat16' where the device computes it natively (native_bf16), else 'float32'."""
+    """'auto' -> 'bfloat16' where it is faster than float32 here (fast_bf16), else 'float32'."""
     if dtype == 'auto':
-        return 'bfloat16' if native_bf16(device) else 'float32'
+        return 'bfloat16' if fast_bf16(device) else 'float32'
     if dtype not in ('float32', 'bfloat16', 'float16'):
         raise SystemExit(f"error: dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
     return dtype

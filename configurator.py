@@ -124,7 +124,8 @@ RULES = {
     'augment': integer(0, 100),
     'block_size': lambda v: None if v == 0 or 8 <= v <= 65535 else '0 (as long as needed) or 8 to 65535',
     # the tokenizer
-    'kind': one_of('conv', 'mlp'),
+    'kind': one_of('conv', '1d', 'mlp'),
+    'depth': integer(0, 24),
     'quantizer': one_of('fsq', 'vq'),
     'loss': one_of('bce', 'mse'),
     'levels': levels,

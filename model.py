@@ -352,6 +352,18 @@ class FSQ(nn.Module):
         return (q - self.levels // 2) / (self.levels // 2), self._index(q), z.new_zeros(())
 
 
+class Residual(nn.Module):
+    """x + conv1x1(relu(conv3x3(x))), then ReLU: a residual block as in the VQ-VAE paper's encoder and
+    decoder, widening what each code sees."""
+
+    def __init__(self, h):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(h, h, 3, 1, 1), nn.ReLU(), nn.Conv2d(h, h, 1))
+
+    def forward(self, x):
+        return F.relu(x + self.block(x))
+
+
 class VQVAE(nn.Module):
     """The image tokenizer: encoder -> quantiser -> decoder, images (B, C, S, S) in [0, 1] <-> codes.
 
@@ -363,6 +375,11 @@ class VQVAE(nn.Module):
     paper) that maps the image to a grid x grid map of codes read in raster order: each token is a
     place in the image. grid 0 means S/4 (two stride-2 steps: 7 for 28x28); a smaller grid takes more
     steps (28 -> 14 -> 7 -> 4).
+    kind='1d' reads the image as patches (grid x grid of them) together with tokens_per_image learned
+    latent tokens in a transformer, and only the latents become codes: tokens that each may speak for
+    the whole image, in no spatial order (TiTok, Yu et al. 2024, "An Image is Worth 32 Tokens for
+    Reconstruction and Generation", https://arxiv.org/abs/2406.07550); its decoder is a transformer
+    over the codes and one query per patch. depth: layers of each (conv: residual blocks at the grid).
     quantizer='vq' is a learned codebook (k-means initialised by vqvae.py); 'fsq' is FSQ with levels.
     loss='mse': squared error against the decoder's output (the published MLP's ends in a sigmoid; the
     conv decoder's is linear, clamped to [0, 1] when decoding, because squared error through a sigmoid
@@ -370,10 +387,10 @@ class VQVAE(nn.Module):
     pixels (Kingma & Welling 2013 model MNIST so), trained by binary cross-entropy: sharper images."""
 
     def __init__(self, kind='mlp', quantizer='vq', image_size=28, channels=1, hidden=128, latent_dim=32,
-                 tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=0, loss='mse'):
+                 tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=0, loss='mse', depth=0):
         super().__init__()
-        if kind not in ('mlp', 'conv') or quantizer not in ('vq', 'fsq') or loss not in ('mse', 'bce'):
-            raise SystemExit(f"error: tokenizer kind must be 'mlp' or 'conv', quantizer 'vq' or 'fsq' and loss "
+        if kind not in ('mlp', 'conv', '1d') or quantizer not in ('vq', 'fsq') or loss not in ('mse', 'bce'):
+            raise SystemExit(f"error: tokenizer kind must be 'mlp', 'conv' or '1d', quantizer 'vq' or 'fsq' and loss "
                              f"'mse' or 'bce', got {kind!r}, {quantizer!r} and {loss!r}")
         if quantizer == 'fsq':
             self.quantizer = FSQ(levels)
@@ -388,6 +405,12 @@ class VQVAE(nn.Module):
                                  f"{', '.join(str(s) for s in sizes[1:])}; got grid {grid}")
             tokens_per_image = grid * grid
             code_dim = code_dim if quantizer == 'fsq' else latent_dim
+        elif kind == '1d':
+            grid = grid or -(-image_size // 4)
+            if image_size % grid:
+                raise SystemExit(f"error: a 1d tokenizer cuts {image_size}x{image_size} images into grid x grid square "
+                                 f"patches: grid must divide {image_size}, got {grid}")
+            code_dim = code_dim if quantizer == 'fsq' else latent_dim
         elif quantizer == 'vq':
             if latent_dim % tokens_per_image:
                 raise SystemExit(f"error: latent_dim {latent_dim} must be a multiple of tokens_per_image "
@@ -397,7 +420,8 @@ class VQVAE(nn.Module):
             self.quantizer = VectorQuantizer(codebook_size, code_dim, beta)
         self.model_args = dict(kind=kind, quantizer=quantizer, image_size=image_size, channels=channels, hidden=hidden,
                                latent_dim=latent_dim, tokens_per_image=tokens_per_image,
-                               codebook_size=codebook_size, beta=beta, levels=list(levels), grid=grid, loss=loss)
+                               codebook_size=codebook_size, beta=beta, levels=list(levels), grid=grid, loss=loss,
+                               depth=depth)
         self.kind, self.image_size, self.channels, self.grid, self.loss = kind, image_size, channels, grid, loss
         self.tokens_per_image, self.codebook_size, self.code_dim = tokens_per_image, codebook_size, code_dim
         n, h = channels * image_size * image_size, hidden
@@ -406,6 +430,20 @@ class VQVAE(nn.Module):
             self.encoder = nn.Sequential(nn.Linear(n, h), nn.ReLU(), nn.Linear(h, zdim), nn.ReLU())
             self.decoder = nn.Sequential(nn.Linear(zdim, h), nn.ReLU(), nn.Linear(h, n),
                                          *([nn.Sigmoid()] if loss == 'mse' else []))
+        elif kind == '1d':
+            p, P, K = image_size // grid, grid * grid, tokens_per_image
+            layer = lambda: nn.TransformerEncoderLayer(h, max(1, h // 32), 4 * h, dropout=0.0, activation='gelu',
+                                                       batch_first=True, norm_first=True)
+            self.patch = p
+            self.embed = nn.Linear(channels * p * p, h)
+            self.latent = nn.Parameter(torch.randn(K, h) * 0.02)       # the learned latent tokens
+            self.pos = nn.Parameter(torch.randn(P + K, h) * 0.02)      # where each patch is; which latent
+            self.encoder = nn.TransformerEncoder(layer(), max(depth, 1), enable_nested_tensor=False)
+            self.to_code = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, code_dim))
+            self.from_code = nn.Linear(code_dim, h)
+            self.queries = nn.Parameter(torch.randn(P + K, h) * 0.02)  # one per patch to rebuild; the codes' places
+            self.decoder = nn.TransformerEncoder(layer(), max(depth, 1), enable_nested_tensor=False)
+            self.to_pixels = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, channels * p * p))
         else:
             steps = len(sizes) - 1
             width = [channels] + [h // 2 if i == 0 and steps > 1 else h for i in range(steps)]
@@ -423,8 +461,8 @@ class VQVAE(nn.Module):
                     up[i] = nn.ConvTranspose2d(width[i + 1], width[i], k[i], 2, 1)
             relu = lambda layers: [m for layer in layers for m in (layer, nn.ReLU())]
             self.encoder = nn.Sequential(*relu(down[i] for i in range(steps)), nn.Conv2d(h, h, 3, 1, 1), nn.ReLU(),
-                                         nn.Conv2d(h, code_dim, 1))
-            self.decoder = nn.Sequential(nn.Conv2d(code_dim, h, 3, 1, 1), nn.ReLU(),
+                                         *[Residual(h) for _ in range(depth)], nn.Conv2d(h, code_dim, 1))
+            self.decoder = nn.Sequential(nn.Conv2d(code_dim, h, 3, 1, 1), nn.ReLU(), *[Residual(h) for _ in range(depth)],
                                          *relu(up[i] for i in reversed(range(steps)))[:-1])
 
     def encode_latents(self, x):
@@ -432,13 +470,26 @@ class VQVAE(nn.Module):
         B = x.size(0)
         if self.kind == 'mlp':
             return self.encoder(x.reshape(B, -1)).view(B, self.tokens_per_image, -1)
+        if self.kind == '1d':
+            patches = self.embed(F.unfold(x, self.patch, stride=self.patch).transpose(1, 2))
+            seq = torch.cat([patches, self.latent.expand(B, -1, -1)], 1) + self.pos
+            return self.to_code(self.encoder(seq)[:, patches.size(1):])
         return self.encoder(x).flatten(2).transpose(1, 2)  # raster order
 
     def decode_latents(self, zq):
         B = zq.size(0)
         if self.kind == 'mlp':
             return self.decoder(zq.reshape(B, -1)).view(B, self.channels, self.image_size, self.image_size)
+        if self.kind == '1d':
+            P = self.grid * self.grid
+            seq = self.queries + torch.cat([zq.new_zeros(B, P, self.queries.size(1)), self.from_code(zq)], 1)
+            out = self.to_pixels(self.decoder(seq)[:, :P])
+            return F.fold(out.transpose(1, 2), self.image_size, self.patch, stride=self.patch)
         return self.decoder(zq.transpose(1, 2).reshape(B, -1, self.grid, self.grid))
+
+    def output_bias(self):
+        """The bias of the layer that makes the pixels (vqvae.py starts it at the mean pixel)."""
+        return (self.to_pixels if self.kind == '1d' else self.decoder)[-1].bias
 
     def to_image(self, out):
         """decoder output -> image in [0, 1]."""

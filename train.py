@@ -33,7 +33,7 @@ out_dir = 'out/vlm'
 data_dir = 'data/vlm'
 init_from = 'scratch'          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 600
-log_interval = 50
+log_interval = 25            # iterations between log lines (a few seconds apart on a CPU)
 eval_iters = 5                 # batches per loss estimate
 eval_classify = 1000           # val images whose label is read at every evaluation
 # model
@@ -62,7 +62,7 @@ min_lr = 3e-4                  # about learning_rate / 10
 # system
 backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
 device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'                 # 'auto' = bfloat16 where the device computes it natively (common.native_bf16), else
+dtype = 'auto'                 # 'auto' = bfloat16 where it is faster than float32 here (common.fast_bf16), else
                                # float32; or 'float16'
 compile = False                # torch.compile the model (it did not pay on a 2-core CPU)
 seed = 1337

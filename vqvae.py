@@ -33,13 +33,15 @@ out_dir = 'out/vqvae'      # the checkpoint (ckpt.pt), metrics.json and reconstr
 dataset = 'mnist'          # 'mnist', 'fashion', or a folder of class folders (see dataset.py)
 idx_dir = ''               # mnist/fashion: a folder holding the four IDX .gz files; '' = download from the mirrors
 image_size = 0             # images are resized to image_size x image_size; 0 = the data set's own (28 for MNIST)
-kind = 'conv'              # 'conv': a grid x grid map of codes; 'mlp': the published 784 -> hidden -> latent_dim
+kind = 'conv'              # 'conv': a grid x grid map of codes; '1d': tokens_per_image latent tokens (TiTok);
+                           # 'mlp': the published 784 -> hidden -> latent_dim
 quantizer = 'fsq'          # 'fsq': finite scalar quantisation with levels; 'vq': a learned codebook
 levels = '5,5,5'           # fsq: values per latent channel; the codebook is their product (125)
-grid = 0                   # conv: codes per side; 0 = image_size / 4 (7 for MNIST: 49 tokens per image)
+grid = 0                   # conv: codes per side; 1d: patches per side; 0 = image_size / 4 (7 for MNIST)
 hidden = 64                # conv: channels; mlp: hidden units
 latent_dim = 32            # vq: mlp: the whole latent, cut into tokens_per_image chunks; conv: per cell
-tokens_per_image = 8       # mlp only (conv has grid * grid)
+tokens_per_image = 8       # mlp and 1d (conv has grid * grid)
+depth = 0                  # conv: residual blocks at the grid, each side; 1d: transformer layers, each side (at least 1)
 codebook_size = 26         # vq only: 26 or fewer codes become the letters A..Z
 beta = 0.25                # vq only: commitment cost
 loss = 'bce'               # 'bce': pixels as Bernoulli logits (sharper); 'mse': squared error (the published MLP's)
@@ -51,7 +53,7 @@ patience = 5               # early stopping: epochs without a better validation 
 kmeans_samples = 10000     # vq: encoder outputs of this many training images initialise the codebook
 seed = 1337
 device = 'auto'            # 'auto' picks cuda, then mps, then cpu
-dtype = 'auto'             # training: bfloat16 autocast where native (common.native_bf16), else float32
+dtype = 'auto'             # training: bfloat16 autocast where faster here (common.fast_bf16), else float32
 # -----------------------------------------------------------------------------
 
 
@@ -84,11 +86,11 @@ if __name__ == '__main__':
         raise SystemExit(f"error: levels must be integers separated by commas, like 8,5,5,5; got {levels!r}")
     tok = VQVAE(kind=kind, quantizer=quantizer, image_size=info['image_size'], channels=info['channels'], hidden=hidden,
                 latent_dim=latent_dim, tokens_per_image=tokens_per_image, codebook_size=codebook_size, beta=beta,
-                levels=levels_, grid=grid, loss=loss).to(device)
+                levels=levels_, grid=grid, loss=loss, depth=depth).to(device)
     if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
         with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
             mean = train.mean().item()
-            tok.decoder[-1].bias.fill_(math.log(mean / (1 - mean)))
+            tok.output_bias().fill_(math.log(mean / (1 - mean)))
     if quantizer == 'vq':
         with torch.no_grad():  # k-means initialisation of the codebook on the untrained encoder's outputs
             sample = train[torch.randperm(len(train), generator=g)[:kmeans_samples].to(device)]

@@ -2,8 +2,7 @@
 The models, and nothing else.
 
 1) GPT: a causal transformer over the mixed text/image-token sequences, after nanoGPT
-   (https://github.com/karpathy/nanoGPT), with a key/value cache for fast batched sampling and
-   constrained scoring of a closed set of answers (choice_probs).
+   (https://github.com/karpathy/nanoGPT), with a key/value cache for fast batched sampling.
 2) VQVAE: the image tokenizer (van den Oord et al. 2017, "Neural Discrete Representation Learning",
    https://arxiv.org/abs/1711.00937): an encoder, a quantiser that snaps each latent to a code, and a
    decoder. Its model_args say how many tokens an image becomes and how many codes there are; nothing
@@ -188,35 +187,13 @@ class GPT(nn.Module):
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * T
 
     @torch.no_grad()
-    def choice_probs(self, idx, choices, batch_size=250):
-        """Probabilities (B, K) of the K token sequences `choices` as continuations of each row of idx
-        (B, T), under the model restricted to them: wherever the choices part ways, the model's
-        distribution over the tokens that continue some choice, renormalised; the product along each
-        choice. Reading a label this way can only answer with a label. choices must be prefix-free."""
-        following = {}  # each prefix of a choice -> the tokens that continue it
-        for c in choices:
-            for j in range(len(c)):
-                following.setdefault(tuple(c[:j]), set()).add(c[j])
-        forks = {p: sorted(t) for p, t in following.items() if len(t) > 1}
-        deeper = sorted({len(p) for p in forks if p})
+    def next_token_probs(self, idx, candidates, batch_size=250):
+        """Distribution of the next token over the candidate ids only, for each row of idx (B, T):
+        reading a class this way can only answer with a class. -> (B, len(candidates))."""
         out = []
         for i in range(0, len(idx), batch_size):
-            x = idx[i:i + batch_size]
-            cache = [[None, None] for _ in self.transformer.h]
-            logits = {(): self(x, kv_cache=cache)[0][:, -1]}
-            for n in deeper:  # every fork n tokens into the choices: its path after the cached prefix
-                paths = [p for p in forks if len(p) == n]
-                cont = [[k.repeat_interleave(len(paths), 0), v.repeat_interleave(len(paths), 0)] for k, v in cache]
-                tail = torch.tensor(paths, device=x.device).repeat(len(x), 1)
-                last = self(tail, kv_cache=cont)[0][:, -1].view(len(x), len(paths), -1)
-                logits.update({p: last[:, k] for k, p in enumerate(paths)})
-            probs = torch.ones(len(x), len(choices), device=x.device)
-            for p, tokens in forks.items():
-                q = F.softmax(logits[p][:, tokens].float(), dim=-1)
-                for k, c in enumerate(choices):
-                    if tuple(c[:len(p)]) == p:
-                        probs[:, k] *= q[:, tokens.index(c[len(p)])]
-            out.append(probs)
+            logits, _ = self(idx[i:i + batch_size])
+            out.append(F.softmax(logits[:, -1, candidates].float(), dim=-1))
         return torch.cat(out)
 
     @torch.no_grad()

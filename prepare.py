@@ -64,27 +64,27 @@ def code_alphabet(n, exclude=''):
 
 class Codec:
     """The sequence format in one place: image code <-> character, class name <-> label, the TASKS,
-    padding, and character <-> token id (one character is one token). Codes get characters of their
-    own, disjoint from the text, so codes never collide with class names."""
+    padding, and text <-> token ids. A character of the templates is a token, a class name is one
+    token however long (reading it is then one choice among the classes, and sequences stay short), an
+    image code is a token with a character of its own, disjoint from the text, so that the .txt files
+    read as the sequences the model sees."""
 
     def __init__(self, classes, key, codebook_size, tokens_per_image, block_size, vocab=None, tasks=None):
         self.classes, self.key = list(classes), key
         self.codebook_size, self.tokens_per_image, self.block_size = codebook_size, tokens_per_image, block_size
         self.tasks = tasks or {name: t.replace('{key}', key) for name, (t, _) in TASKS.items()}
         if vocab is None:
-            text = sorted(set(''.join(re.sub(r'\{\w+\}', '', t) for t in self.tasks.values()) + ''.join(classes) + PAD))
-            vocab = text + list(code_alphabet(codebook_size, exclude=text))
+            text = sorted(set(''.join(re.sub(r'\{\w+\}', '', t) for t in self.tasks.values()) + PAD) | set(classes))
+            vocab = text + list(code_alphabet(codebook_size, exclude=''.join(text)))
         self.itos = list(vocab)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.code_offset = len(self.itos) - codebook_size  # token id of code i is code_offset + i
         self.code_chars = ''.join(self.itos[self.code_offset:])
-        longest = max(len(self.text(t, k, [0] * tokens_per_image)) for t in self.tasks for k in range(len(classes)))
+        self.label_ids = [self.stoi[c] for c in self.classes]  # what reading chooses from
+        longest = max(len(self.tokens(t, k, [0] * tokens_per_image)) for t in self.tasks for k in range(len(classes)))
         if longest > block_size:
             raise SystemExit(f"error: block_size {block_size} is too short: a sequence with {tokens_per_image} image "
-                             f"tokens and the longest class name takes {longest} characters")
-        names = [self.encode(c) for c in self.classes]
-        prefix_free = not any(a != b and b[:len(a)] == a for a in names for b in names)
-        self.choices = names if prefix_free else [n + self.encode(END) for n in names]  # what reading scores
+                             f"tokens takes {longest}")
         self._patterns = {t: re.compile(re.escape(s).replace(r'\{label\}', '(?P<label>' + '|'.join(
             re.escape(c) for c in sorted(self.classes, key=len, reverse=True)) + ')').replace(
             r'\{image\}', f'(?P<image>[{re.escape(self.code_chars)}]{{{tokens_per_image}}})'))
@@ -133,34 +133,46 @@ class Codec:
         return [self.label(p) for p in parts]
 
     # the tasks
-    def text(self, task, label=None, codes=None):
-        """The whole sequence of a task for a class and an image, without padding."""
-        return self.tasks[task].format(label=self.classes[label] if label is not None else '',
-                                       image=self.image_text(codes) if codes is not None else '')
-
-    def prefix(self, task, field, label=None, codes=None):
-        """The text of a task before one of its fields ('label' or 'image')."""
-        head = self.tasks[task].split('{' + field + '}')[0]
+    def text(self, task, label=None, codes=None, upto=None):
+        """A task's sequence for a class and an image as text, without padding; with upto ('label' or
+        'image'), only what comes before that field."""
+        head = self.tasks[task].split('{' + upto + '}')[0] if upto else self.tasks[task]
         return head.format(label=self.classes[label] if label is not None else '',
                            image=self.image_text(codes) if codes is not None else '')
 
+    def tokens(self, task, label=None, codes=None, upto=None):
+        """The same as token ids: each template character one token, the class name one, each code one."""
+        ids = []
+        for part in re.split(r'(\{\w+\})', self.tasks[task]):
+            if part == '{' + str(upto) + '}':
+                break
+            if part == '{label}':
+                ids.append(self.label_ids[label])
+            elif part == '{image}':
+                ids.extend(self.code_offset + int(c) for c in codes)
+            else:
+                ids.extend(self.encode(part))
+        return ids
+
+    def line(self, task, label, codes):
+        """One sequence padded to block_size: (its text, its token ids)."""
+        ids = self.tokens(task, label, codes)
+        pad = self.block_size - len(ids)
+        return self.text(task, label, codes) + PAD * pad, ids + [self.stoi[PAD]] * pad
+
     def prompts(self, task, field, labels=None, codes=None, device='cpu'):
-        """Token ids (N, T) of the task's prefix before field, one row per label or per image's codes;
-        the rows must be of one length (group labels whose names are as long)."""
+        """Token ids (N, T) of a task's beginning before field, one row per label or per image's codes."""
         n = len(labels) if labels is not None else len(codes)
-        rows = [self.encode(self.prefix(task, field, None if labels is None else labels[i],
-                                        None if codes is None else codes[i])) for i in range(n)]
-        if len({len(r) for r in rows}) > 1:
-            raise ValueError('prompts of different lengths in one batch')
+        rows = [self.tokens(task, None if labels is None else labels[i], None if codes is None else codes[i], field)
+                for i in range(n)]
         return torch.tensor(rows, dtype=torch.long, device=device)
 
-    def label_span(self, task, label):
-        """(start, end): the token positions of the class name in a task's sequence."""
-        start = len(self.prefix(task, 'label', label, [0] * self.tokens_per_image))
-        return start, start + len(self.classes[label])
+    def label_position(self, task):
+        """The position of the class name's token in a task's sequence."""
+        return len(self.tokens(task, 0, [0] * self.tokens_per_image, 'label'))
 
     def parse(self, s):
-        """A sequence (padding and all) -> (task, label, codes) if it follows one of the tasks, else None."""
+        """A sequence's text (padding and all) -> (task, label, codes) if it follows a task, else None."""
         s = s.split(PAD)[0]
         for task, pattern in self._patterns.items():
             m = pattern.fullmatch(s)
@@ -168,17 +180,13 @@ class Codec:
                 return task, self.classes.index(m['label']), self.image_codes(m['image'])
         return None
 
-    def pad(self, s):
-        if len(s) > self.block_size:
-            raise SystemExit(f"error: sequence of {len(s)} characters is longer than block_size {self.block_size}: {s!r}")
-        return s + PAD * (self.block_size - len(s))
-
-    # characters <-> token ids
+    # text <-> token ids
     def encode(self, s):
+        """Plain text, one token per character."""
         bad = sorted(set(c for c in s if c not in self.stoi))
         if bad:
             raise SystemExit(f"error: characters {''.join(bad)!r} are not in the vocabulary "
-                             f"({self.code_offset} text characters and {self.codebook_size} image codes)")
+                             f"({self.code_offset} text tokens and {self.codebook_size} image codes)")
         return [self.stoi[c] for c in s]
 
     def decode(self, ids):
@@ -202,15 +210,13 @@ def training_pairs(seqs, pad_id):
     return seqs[:, :width], targets[:, :width]
 
 
-def label_targets(codec, tasks, labels, width):
-    """Bool (N, width): which targets of each sequence (training_pairs' targets) are its class name."""
+def label_targets(codec, tasks, width):
+    """Bool (N, width): which target of each sequence (training_pairs' targets) is its class name."""
     mask = torch.zeros(len(tasks), width, dtype=torch.bool)
-    names = list(codec.tasks)
-    for t in tasks.unique().tolist():
-        for y in labels[tasks == t].unique().tolist():
-            start, end = codec.label_span(names[t], y)
-            rows = ((tasks == t) & (labels == y)).nonzero()[:, 0]
-            mask[rows[:, None], torch.arange(start - 1, min(end - 1, width))] = True  # target j is token j + 1
+    for t, name in enumerate(codec.tasks):
+        pos = codec.label_position(name) - 1  # target j is token j + 1
+        if pos < width:
+            mask[tasks == t, pos] = True
     return mask
 
 
@@ -284,9 +290,8 @@ if __name__ == '__main__':
     splits, info = reload_dataset(tok_ckpt['dataset'], quiet=False)
     key, classes = info['key'], info['classes']
     if block_size == 0:
-        longest = max(len(t.format(key=key, label=c, image='x' * tok.tokens_per_image))
-                      for t, _ in TASKS.values() for c in classes)
-        block_size = -(-longest // 8) * 8
+        roomy = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, 1 << 16)
+        block_size = -(-max(len(roomy.tokens(t, 0, [0] * tok.tokens_per_image)) for t in TASKS) // 8) * 8
     codec = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, block_size)
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -323,8 +328,8 @@ if __name__ == '__main__':
             progress = Progress(f"{split}: writing", len(codes), 'sequences')
             lines, ids = [], np.zeros((len(codes), block_size), dtype=dtype)
             for i, (c, y, t) in enumerate(zip(codes, labels, tasks)):
-                lines.append(codec.pad(codec.text(task_names[t], y, c)))
-                ids[i] = codec.encode(lines[-1])
+                text, ids[i] = codec.line(task_names[t], y, c)
+                lines.append(text)
                 progress.update()
             stage(f'{split}.txt', '\n'.join(lines) + '\n')
             stage(f'{split}.bin', ids.tobytes())

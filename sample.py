@@ -64,16 +64,13 @@ SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)) 
 def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k=0, batch_size=250, guidance=0.0,
                     progress=None):
     """One image per label: sample its codes after 'number:7, image:' (codes only), then decode.
-    Labels whose prompts are equally long are drawn together, batch_size at a time.
+    batch_size images at a time.
     -> images (N, C, S, S) on the CPU, codes (N, tokens_per_image)."""
     device = next(model.parameters()).device
     allowed = codec.code_mask(device)
-    length = [len(codec.prefix('generation', 'image', y)) for y in labels]
-    codes, i = [], 0
-    while i < len(labels):
-        j = i + 1
-        while j < len(labels) and j - i < batch_size and length[j] == length[i]:
-            j += 1
+    codes = []
+    for i in range(0, len(labels), batch_size):
+        j = min(i + batch_size, len(labels))
         prompts = codec.prompts('generation', 'image', labels=labels[i:j], device=device)
         uncond = codec.prompts('classification', 'image', labels=[None] * (j - i), device=device) if guidance else None
         out = model.generate(prompts, codec.tokens_per_image, temperature, top_k or None, allowed, generator,
@@ -81,7 +78,6 @@ def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k
         codes.append(out[:, prompts.size(1):] - codec.code_offset)
         if progress:
             progress.update(j - i)
-        i = j
     codes = torch.cat(codes)
     return tok.decode(codes, batch_size).cpu(), codes.cpu()
 
@@ -89,13 +85,13 @@ def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k
 @torch.no_grad()
 def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250, progress=None):
     """Class probabilities (N, K) from 'image:XXXX, number:' for images (N, C, S, S) with their codes,
-    scored over the class names only (GPT.choice_probs). An image read with top probability below
+    scored over the class names only (GPT.next_token_probs). An image read with top probability below
     threshold is read views - 1 more times, moved one pixel each way (SHIFTS), and its
     log-probabilities averaged (test-time augmentation, as in Krizhevsky et al. 2012; the model
     trained on moved copies, prepare.augment): only the unsure few get the second look."""
     device = next(model.parameters()).device
-    read = lambda c: model.choice_probs(codec.prompts('classification', 'label', codes=c, device=device),
-                                        codec.choices, batch_size)
+    read = lambda c: model.next_token_probs(codec.prompts('classification', 'label', codes=c, device=device),
+                                            codec.label_ids, batch_size)
     probs = []
     for i in range(0, len(codes), 4 * batch_size):
         probs.append(read(codes[i:i + 4 * batch_size]))
@@ -130,8 +126,8 @@ def complete_images(model, codec, tok, codes, keep, label, n, generator, tempera
     out = model.generate(prompts, codec.tokens_per_image - keep, temperature, top_k or None, codec.code_mask(device),
                          generator, guidance, uncond if guidance else None)
     full = out[:, -codec.tokens_per_image:] - codec.code_offset
-    probs = model.choice_probs(codec.prompts('classification', 'label', codes=full, device=device), codec.choices,
-                               batch_size)
+    probs = model.next_token_probs(codec.prompts('classification', 'label', codes=full, device=device), codec.label_ids,
+                                   batch_size)
     return tok.decode(full, batch_size).cpu(), full.cpu(), probs.cpu()
 
 

@@ -106,7 +106,7 @@ data = {}
 for split in ('train', 'val'):
     seqs, codes, labels, tasks = load_split(data_dir, split, meta)
     X, Y = training_pairs(seqs, codec.stoi[PAD])
-    data[split] = tuple(t.to(device) for t in (X, Y, label_targets(codec, tasks, labels, X.size(1))))
+    data[split] = tuple(t.to(device) for t in (X, Y, label_targets(codec, tasks, X.size(1))))
     if split == 'val':  # reading prompts 'image:XXXX, number:' for the first val images
         val_prompts = codec.prompts('classification', 'label', codes=codes[:eval_classify], device=device)
         val_labels = labels[:eval_classify].to(device)
@@ -180,7 +180,7 @@ def evaluate():
             losses[k] = loss.item()
         out[split] = losses.mean().item()
     with ctx:
-        probs = raw_model.choice_probs(val_prompts, codec.choices)
+        probs = raw_model.next_token_probs(val_prompts, codec.label_ids)
     out['val_accuracy'] = (probs.argmax(1) == val_labels).float().mean().item()
     raw_model.train()
     return out

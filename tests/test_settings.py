@@ -49,7 +49,8 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('vqvae.py', 'out_dir', '', 'a folder path'),
     ('vqvae.py', 'image_size', 7, '8 to 128'),
     ('vqvae.py', 'image_size', 1000, '8 to 128'),
-    ('vqvae.py', 'kind', 'transformer', "one of 'conv', 'mlp'"),
+    ('vqvae.py', 'kind', 'transformer', "one of 'conv', '1d', 'mlp'"),
+    ('vqvae.py', 'depth', -1, 'from 0 to 24'),
     ('vqvae.py', 'quantizer', 'lfq', "one of 'fsq', 'vq'"),
     ('vqvae.py', 'loss', 'l1', "one of 'bce', 'mse'"),
     ('vqvae.py', 'levels', '5,x', 'whole numbers separated by commas'),
@@ -296,8 +297,7 @@ def test_one_training_run_per_out_dir(tmp_path):
     files = {}
     for split, n in (('train', 200), ('val', 50)):
         codes, labels, tasks = rng.integers(0, 26, (n, 8)), rng.integers(0, 10, n), rng.integers(0, 2, n)
-        ids = np.array([codec.encode(codec.pad(codec.text(list(codec.tasks)[t], y, c))) for c, y, t in zip(codes, labels, tasks)],
-                       dtype=np.uint16)
+        ids = np.array([codec.line(list(codec.tasks)[t], y, c)[1] for c, y, t in zip(codes, labels, tasks)], dtype=np.uint16)
         for name, write in ((f'{split}.bin', lambda p: ids.tofile(p)), (f'{split}_codes.npy', lambda p: np.save(p, codes)),
                             (f'{split}_labels.npy', lambda p: np.save(p, labels)), (f'{split}_tasks.npy', lambda p: np.save(p, tasks))):
             write(str(d / name))

@@ -30,6 +30,12 @@ def settings():
     return dict(__file__='x.py', lr=1e-3, n=4, name='a', flag=False, opt=None, _private=1, CONSTANT='c')
 
 
+@pytest.fixture(autouse=True)
+def rules_for_these_settings(monkeypatch):
+    """The made-up settings above have no rule but their type."""
+    monkeypatch.setattr(configurator, 'RULES', dict(configurator.RULES, lr=None, n=None, name=None, flag=None, opt=None))
+
+
 def test_configure_overrides_and_types(tmp_path):
     cfg = tmp_path / 'c.py'
     cfg.write_text("lr = 3e-4\nn = 8\n")
@@ -297,8 +303,9 @@ def test_codec_round_trip(codebook_size, tokens):
     codes = np.random.default_rng(0).integers(0, codebook_size, tokens)
     text = codec.image_text(codes)
     assert len(text) == tokens and np.array_equal(codec.image_codes(text), codes)
-    seq = codec.pad(codec.text('generation', 3, codes))
-    assert codec.decode(codec.encode(seq)) == seq and codec.parse(seq) == ('generation', 3, pytest.approx(codes))
+    seq, ids = codec.line('generation', 3, codes)
+    assert len(ids) == codec.block_size and codec.decode(ids) == seq
+    assert codec.parse(seq) == ('generation', 3, pytest.approx(codes))
     ids = codec.encode(text)
     assert min(ids) >= codec.code_offset and codec.vocab_size == codec.code_offset + codebook_size
     assert not set(text) & set(codec.itos[:codec.code_offset])  # codes are disjoint from the text
@@ -322,30 +329,31 @@ def test_templates_and_padding():
     codec = mnist_codec()
     codes = [15, 19, 10, 17, 22, 2, 8, 20]
     assert codec.image_text(codes) == 'PTKRWCIU'
-    assert codec.pad(codec.text('generation', 7, codes)) == 'number:7, image:PTKRWCIU.#######'
-    assert codec.pad(codec.text('classification', 7, codes)) == 'image:PTKRWCIU, number:7.#######'
-    assert codec.prefix('generation', 'image', 7) == 'number:7, image:'
-    assert codec.prefix('classification', 'label', codes=codes) == 'image:PTKRWCIU, number:'
-    assert codec.prefix('classification', 'image') == 'image:'
-    assert codec.vocab_size == 50 and codec.choices == [[codec.stoi[d]] for d in DIGITS]
+    assert codec.line('generation', 7, codes)[0] == 'number:7, image:PTKRWCIU.#######'
+    assert codec.line('classification', 7, codes)[0] == 'image:PTKRWCIU, number:7.#######'
+    assert codec.text('generation', 7, upto='image') == 'number:7, image:'
+    assert codec.text('classification', codes=codes, upto='label') == 'image:PTKRWCIU, number:'
+    assert codec.decode(codec.tokens('classification', upto='image')) == 'image:'
+    assert codec.vocab_size == 50 and codec.label_ids == [codec.stoi[d] for d in DIGITS]
     assert codec.parse('number:7, image:PTKRWCIU.####')[:2] == ('generation', 7)
     for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
                 'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:72.'):
         assert codec.parse(bad) is None
-    assert codec.label_span('generation', 7) == (7, 8) and codec.label_span('classification', 7) == (23, 24)
-    with pytest.raises(SystemExit, match='longer than block_size'):
-        codec.pad('x' * 33)
+    assert codec.label_position('generation') == 7 and codec.label_position('classification') == 23
     with pytest.raises(SystemExit, match='block_size 20 is too short'):
         mnist_codec(block=20)
 
 
 def test_class_names_as_words():
-    codec = Codec(FASHION, 'class', 125, 49, 80)
+    """The text shows the class name; the model sees it as one token."""
+    codec = Codec(FASHION, 'class', 125, 49, 72)
     codes = list(range(49))
-    s = codec.text('classification', 0, codes)
-    assert s.startswith('image:') and s.endswith(', class:T-shirt/top.')
-    assert codec.text('generation', 9, codes).startswith('class:Ankle boot, image:')
-    assert codec.parse(codec.pad(s))[:2] == ('classification', 0)
+    s, ids = codec.line('classification', 0, codes)
+    assert s.startswith('image:') and s.split('#')[0].endswith(', class:T-shirt/top.')
+    assert len(ids) == 72 and ids.index(codec.stoi['T-shirt/top']) == 6 + 49 + 8 and codec.decode(ids) == s
+    assert codec.line('generation', 9, codes)[0].startswith('class:Ankle boot, image:')
+    assert codec.parse(s)[:2] == ('classification', 0)
+    assert len(codec.tokens('generation', 9, codes)) == len(codec.tokens('generation', 8, codes)) == 6 + 1 + 8 + 49 + 1
     assert codec.labels('Sneaker,bag') == [7, 8] and codec.labels('') == list(range(10)) and codec.labels('3') == [3]
     assert mnist_codec().labels('0123') == [0, 1, 2, 3] and mnist_codec().labels('7') == [7]
     for bad in ('Sneakers', '10', 'x7'):
@@ -353,11 +361,9 @@ def test_class_names_as_words():
             codec.label(bad)
     with pytest.raises(SystemExit, match='unknown class'):
         mnist_codec().labels('7x')
-    start, end = codec.label_span('classification', 0)
-    assert s[start:end] == 'T-shirt/top'
-    # a class name that starts another: reading scores the end of the sequence too
-    prefixed = Codec(['Shirt', 'Shirts', 'Bag'], 'class', 26, 8, 40)
-    assert all(c[-1] == prefixed.stoi['.'] for c in prefixed.choices)
+    assert ids[codec.label_position('classification')] == codec.label_ids[0]
+    other = Codec(['Shirt', 'Shirts', 'Bag'], 'class', 26, 8, 40)  # whole names, one token each, even a name's prefix
+    assert [other.itos[i] for i in other.label_ids] == ['Shirt', 'Shirts', 'Bag'] and len(set(other.label_ids)) == 3
 
 
 @pytest.mark.parametrize('bad', ['x', '10', '-1', '7.5'])
@@ -374,9 +380,9 @@ def test_bad_labels_and_characters(bad):
 def test_training_pairs_start_at_sequence_starts():
     codec = mnist_codec()
     rng = np.random.default_rng(0)
-    lines = [codec.pad(codec.text('generation' if d % 2 else 'classification', d, rng.integers(0, 26, 8)))
-             for d in range(10)]
-    seqs = torch.tensor([codec.encode(s) for s in lines])
+    pairs = [codec.line('generation' if d % 2 else 'classification', d, rng.integers(0, 26, 8)) for d in range(10)]
+    lines = [s for s, _ in pairs]
+    seqs = torch.tensor([ids for _, ids in pairs])
     X, Y = training_pairs(seqs, codec.stoi[PAD])
     assert X.shape == Y.shape == (10, 24)  # 'number:7, image:PTKRWCIU.': 24 inputs predict 24 targets
     for line, x, y in zip(lines, X, Y):
@@ -386,16 +392,14 @@ def test_training_pairs_start_at_sequence_starts():
 
 
 def test_label_targets_come_from_the_tasks():
-    """The targets that are a class name, found from the task table, whatever the name's length."""
+    """The targets that are a class name, found from the task table."""
     codec = Codec(FASHION, 'class', 26, 8, 40)
     tasks, labels = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 8, 9])
-    lines = [codec.pad(codec.text(list(codec.tasks)[t], y, [1] * 8)) for t, y in zip(tasks.tolist(), labels.tolist())]
-    X, Y = training_pairs(torch.tensor([codec.encode(s) for s in lines]), codec.stoi[PAD])
-    mask = label_targets(codec, tasks, labels, X.size(1))
-    for line, y, m in zip(lines, Y, mask):
-        name = codec.decode(y[m])
-        assert name in FASHION and name in line
-    assert codec.decode(Y[0][mask[0]]) == 'T-shirt/top' and codec.decode(Y[3][mask[3]]) == 'Ankle boot'
+    pairs = [codec.line(list(codec.tasks)[t], y, [1] * 8) for t, y in zip(tasks.tolist(), labels.tolist())]
+    X, Y = training_pairs(torch.tensor([ids for _, ids in pairs]), codec.stoi[PAD])
+    mask = label_targets(codec, tasks, X.size(1))
+    assert (mask.sum(1) == 1).all()
+    assert [codec.decode(y[m]) for y, m in zip(Y, mask)] == ['T-shirt/top', 'T-shirt/top', 'Bag', 'Ankle boot']
 
 
 # models -----------------------------------------------------------------------------------------------
@@ -492,36 +496,15 @@ def test_bfloat16_attention_matches():
     assert (part[:, -1].float() - ref[:, -1]).abs().max() < 0.05
 
 
-def test_choice_probs_one_token_names():
-    """Single-character names: the next token's distribution over the names only."""
-    model = tiny_gpt()
-    codec = mnist_codec()
-    idx = codec.prompts('classification', 'label', codes=[[0] * 8] * 3)
-    p = model.choice_probs(idx, codec.choices, batch_size=2)
-    logits, _ = model(idx)
-    assert p.shape == (3, 10) and torch.allclose(p, F.softmax(logits[:, -1, [c[0] for c in codec.choices]], -1))
-
-
-def test_choice_probs_words():
-    """Names of several tokens: the probability of each whole name under the model restricted to the
-    names (at each fork, renormalised over the tokens that continue some name), summing to one."""
+def test_next_token_probs_only_over_the_classes():
+    """Reading: the next token's distribution over the class tokens only."""
     codec = Codec(FASHION, 'class', 26, 8, 40)
     model = tiny_gpt(codec.vocab_size)
     idx = codec.prompts('classification', 'label', codes=[[0] * 8, [3] * 8, [5] * 8])
-    p = model.choice_probs(idx, codec.choices, batch_size=2)
-    assert p.shape == (3, 10) and torch.allclose(p.sum(1), torch.ones(3))
-
-    def brute(row, name):  # the chain rule over the name, each step restricted to the names' next tokens
-        total, prefix = 1.0, []
-        for t in codec.encode(name):
-            nxt = sorted({c[len(prefix)] for c in codec.choices if c[:len(prefix)] == prefix})
-            logits, _ = model(torch.cat([idx[row:row + 1], torch.tensor([prefix], dtype=torch.long)], 1) if prefix else idx[row:row + 1])
-            total *= F.softmax(logits[0, -1, nxt], -1)[nxt.index(t)].item()
-            prefix = prefix + [t]
-        return total
-    for row in range(3):
-        for k in (0, 1, 6, 7, 8):  # T-shirt/top and Trouser part at 'T'; Shirt, Sneaker, Sandal at 'S'
-            assert abs(p[row, k].item() - brute(row, FASHION[k])) < 1e-5
+    assert codec.decode(idx[0]) == 'image:AAAAAAAA, class:'
+    p = model.next_token_probs(idx, codec.label_ids, batch_size=2)
+    logits, _ = model(idx)
+    assert p.shape == (3, 10) and torch.allclose(p, F.softmax(logits[:, -1, codec.label_ids], -1))
 
 
 def test_read_labels_second_look():
@@ -532,7 +515,7 @@ def test_read_labels_second_look():
     model = tiny_gpt(vocab_size=codec.vocab_size)
     x = torch.rand(6, 1, 28, 28)
     codes = tok.encode(x)
-    once = model.choice_probs(codec.prompts('classification', 'label', codes=codes), codec.choices)
+    once = model.next_token_probs(codec.prompts('classification', 'label', codes=codes), codec.label_ids)
     assert torch.allclose(read_labels(model, codec, tok, codes, x, views=5, threshold=0.0), once)
     again = read_labels(model, codec, tok, codes, x, views=5, threshold=1.0, batch_size=4)
     assert again.shape == (6, 10) and torch.allclose(again.sum(1), torch.ones(6)) and not torch.allclose(again, once)

@@ -5,15 +5,16 @@ of `repeats` timed runs after a warm-up, with their min and max.
     python bench.py                  # needs the default pipeline's outputs (out/vqvae, data/vlm, out/vlm)
     python bench.py --pipeline=True --idx_dir=../shared/mnist   # first run the four scripts here, timed
 
-- matmul_peak: the device's dense matmul rate in train.py's dtype, the yardstick for model FLOPs utilisation (MFU)
+- matmul_peak: the device's dense matmul rate in float32 and in bfloat16; the faster is the yardstick for
+  model FLOPs utilisation (MFU), so that training in the slower dtype cannot look efficient
 - train_*: train.py itself, run for a few iterations with the default config and the published one
   (config/train_mnist_vlm_seed.py); tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
 - generate: 10,000 class -> image samples (grammar-constrained, with guidance, key/value cache)
 - classify: the classes of the 10,000 test images read once; classify_views: with a second look at
   unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
+- pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
 The sampling settings below are sample.py's defaults, repeated here so that the bench measures the
 same work whatever sample.py is told.
-- pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
 """
 import json
 import os

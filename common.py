@@ -6,6 +6,7 @@ Every file is written under a temporary name and renamed into place, so a kill n
 file; every checkpoint loads with weights_only=True, so loading never runs code; every data file is
 compared with the SHA-256 that meta.json holds, so a half-rewritten folder is noticed.
 """
+import atexit
 import hashlib
 import json
 import os
@@ -57,23 +58,43 @@ def sha256_file(path):
 
 def lock_folder(folder, what):
     """Hold folder/.lock while this process runs, so that a second run on the same folder is refused;
-    the operating system lets go of it when the process ends, however it ends. Keep the returned file."""
+    the operating system lets go of it when the process ends, however it ends, and a clean exit removes
+    the file. Keep the returned file."""
     os.makedirs(folder, exist_ok=True)
-    f = open(os.path.join(folder, '.lock'), 'a+')
+    path = os.path.join(folder, '.lock')
     try:
         import fcntl
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:  # not a POSIX system: no lock
-        return f
-    except OSError:
-        f.seek(0)
-        pid = f.read().strip() or '?'
-        raise SystemExit(f"error: another {what} is running in {folder} (pid {pid}): wait for it to end, or "
-                         f"choose another folder")
+        return None
+    while True:
+        f = open(path, 'a+')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or '?'
+            f.close()
+            raise SystemExit(f"error: another {what} is running in {folder} (pid {pid}): wait for it to end, or "
+                             f"choose another folder")
+        try:  # the file we locked may be one that its last holder removed as it exited: then lock the new one
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
     os.ftruncate(f.fileno(), 0)
     f.write(f"{os.getpid()}\n")
     f.flush()
+    atexit.register(_unlock, f, path)
     return f
+
+
+def _unlock(f, path):
+    try:
+        os.unlink(path)  # removed while still held, so that no other run can lock this file afterwards
+    except OSError:
+        pass
+    f.close()
 
 
 # ----------------------------------------------------------------------------------------------------

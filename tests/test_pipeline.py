@@ -193,7 +193,7 @@ def test_clear_errors(work, tmp_path):
         (('--mode=classify', '--image=noise.png'), 'cannot read image noise.png'),
         (('--mode=classify', '--image=99999'), 'test indices must be 0..9999'),
         (('--mode=classify', '--image=missing.png'), 'image file missing.png not found'),
-        (('--mode=fly',), "mode must be 'eval', 'generate', 'classify'"),
+        (('--mode=fly',), "mode='fly' is not allowed: mode must be one of 'eval', 'generate', 'classify'"),
     ]:
         assert message in error_line(run_script('sample.py', '--out_dir=out/err', *args, cwd=work, check=False)), args
     from PIL import Image

@@ -200,11 +200,15 @@ def test_clear_errors(work, tmp_path):
     Image.new('L', (40, 40), 255).save(work / 'blank.png')
     assert 'is blank' in error_line(run_script('sample.py', '--out_dir=out/err', '--mode=classify',
                                                '--image=blank.png', cwd=work, check=False))
-    # a diverging run stops with a message and leaves no checkpoint of the broken model
-    p = run_script('train.py', *TINY, '--learning_rate=1e9', '--grad_clip=0', '--warmup_iters=0', '--log_interval=1',
-                   '--max_iters=50', '--eval_interval=50', '--out_dir=out/nan', cwd=work, check=False)
+    # a run whose loss turns NaN stops with a message and writes no checkpoint of the broken model
+    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--out_dir=out/nan', cwd=work)
+    ck = torch.load(work / 'out/nan/ckpt.pt', weights_only=True)
+    next(iter(ck['model'].values())).fill_(float('nan'))
+    torch.save(ck, work / 'out/nan/ckpt.pt')
+    p = run_script('train.py', *TINY, '--init_from=resume', '--log_interval=1', '--max_iters=20', '--eval_interval=20',
+                   '--out_dir=out/nan', cwd=work, check=False)
     assert 'loss is not finite' in error_line(p)
-    assert not (work / 'out/nan/ckpt.pt').exists()
+    assert not (work / 'out/nan/ckpt_20.pt').exists()
     # a data folder whose files are not the ones its meta.json describes (prepare.py interrupted)
     shutil.copytree(work / 'data/vlm', work / 'data/mixed')
     (work / 'data/mixed/val.bin').write_bytes((work / 'data/vlm/train.bin').read_bytes()[:640000])

@@ -356,5 +356,6 @@ if __name__ == '__main__':
                 tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment, splits=counts,
                 files=files)
     write_json(os.path.join(data_dir, 'meta.json'), meta)
-    print(f"vocabulary of {codec.vocab_size} tokens: {''.join(codec.itos[:codec.code_offset])!r} + "
-          f"{codec.codebook_size} codes {codec.code_chars[:8]}...; wrote {data_dir}/meta.json and logo.png")
+    chars = ''.join(t for t in codec.itos[:codec.code_offset] if t not in codec.classes)
+    print(f"vocabulary of {codec.vocab_size} tokens: {len(chars)} characters {chars!r}, {len(codec.classes)} class "
+          f"names, {codec.codebook_size} codes {codec.code_chars[:8]}...; wrote {data_dir}/meta.json and logo.png")

@@ -136,6 +136,7 @@ RULES = {
     'codebook_size': integer(1, MAX_CODES),
     'beta': number(0, 100),
     'max_epochs': integer(1),
+    'min_iters': integer(0),
     'patience': integer(1),
     'kmeans_samples': integer(1),
     # the language model and its training

@@ -49,6 +49,7 @@ learning_rate = 1e-3       # Adam
 warmup_iters = 200         # linear learning-rate warm-up (bce without it can send every image to one code)
 batch_size = 128
 max_epochs = 4
+min_iters = 1500           # at least this many optimizer steps: a small folder of images gets MNIST's 4 epochs' worth
 patience = 5               # early stopping: epochs without a better validation loss
 kmeans_samples = 10000     # vq: encoder outputs of this many training images initialise the codebook
 seed = 1337
@@ -111,7 +112,7 @@ if __name__ == '__main__':
         return vl
 
     best, best_state, bad_epochs, step = float('inf'), None, 0, 0
-    for epoch in range(max_epochs):
+    for epoch in range(max(max_epochs, math.ceil(min_iters / math.ceil(len(train) / batch_size)))):
         tok.train()
         perm = torch.randperm(len(train), generator=g).to(device)
         progress = Progress(f"epoch {epoch + 1}", math.ceil(len(train) / batch_size), 'batches')

@@ -47,9 +47,9 @@ def work(mnist_dir, tmp_path_factory):
     """A folder where vqvae.py and prepare.py have run with their defaults (one epoch of the tokenizer),
     and the published MLP tokenizer beside them (out/vqvae_seed, data/seed_vlm)."""
     w = tmp_path_factory.mktemp('work')
-    p = run_script('vqvae.py', f'--idx_dir={mnist_dir}', '--max_epochs=1', cwd=w)
+    p = run_script('vqvae.py', f'--idx_dir={mnist_dir}', '--max_epochs=1', '--min_iters=0', cwd=w)
     assert 'PSNR' in p.stdout
     run_script('prepare.py', '--augment=1', cwd=w)
-    run_script('vqvae.py', os.path.join(REPO, 'config/vqvae_seed.py'), '--max_epochs=1', '--kmeans_samples=2000', cwd=w)
+    run_script('vqvae.py', os.path.join(REPO, 'config/vqvae_seed.py'), '--max_epochs=1', '--min_iters=0', '--kmeans_samples=2000', cwd=w)
     run_script('prepare.py', '--tokenizer=out/vqvae_seed/ckpt.pt', '--data_dir=data/seed_vlm', '--augment=0', cwd=w)
     return w

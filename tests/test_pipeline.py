@@ -228,7 +228,7 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     from shapes import CLASSES, make_shapes
     root = make_shapes(str(tmp_path / 'my images'), 12, size=24)
     (tmp_path / 'my images' / 'triangle' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n but cut short')
-    p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--hidden=16', '--max_epochs=2', cwd=tmp_path)
+    p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--hidden=16', '--max_epochs=2', '--min_iters=0', cwd=tmp_path)
     assert 'warning: skipped 1 unreadable image file' in p.stdout and '16x16 colour' in p.stdout
     ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
     assert ck['dataset']['classes'] == sorted(CLASSES) and ck['model_args']['channels'] == 3

@@ -68,6 +68,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('vqvae.py', 'batch_size', 0, 'a positive whole number'),
     ('vqvae.py', 'max_epochs', 0, 'a positive whole number'),
     ('vqvae.py', 'patience', -3, 'a positive whole number'),
+    ('vqvae.py', 'min_iters', -1, 'a whole number of at least 0'),
     ('vqvae.py', 'kmeans_samples', 0, 'a positive whole number'),
     ('vqvae.py', 'seed', -1, 'a whole number from 0'),
     ('vqvae.py', 'device', 'cuda', 'no CUDA device'),

@@ -112,10 +112,11 @@ if __name__ == '__main__':
         return vl
 
     best, best_state, bad_epochs, step = float('inf'), None, 0, 0
-    for epoch in range(max(max_epochs, math.ceil(min_iters / math.ceil(len(train) / batch_size)))):
+    batches = math.ceil(len(train) / batch_size)
+    for epoch in range(max(max_epochs, math.ceil(min_iters / batches))):
         tok.train()
         perm = torch.randperm(len(train), generator=g).to(device)
-        progress = Progress(f"epoch {epoch + 1}", math.ceil(len(train) / batch_size), 'batches')
+        progress = Progress(f"epoch {epoch + 1}", batches, 'batches')
         for i in range(0, len(train), batch_size):
             for group in optimizer.param_groups:
                 group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))

@@ -19,7 +19,6 @@ data_dir as it was: every file is written under a temporary name and renamed in 
 
 This file also holds the Codec: the one definition of the letter codec and the sequence tasks.
 """
-import math
 import os
 import re
 import unicodedata
@@ -69,9 +68,11 @@ class Codec:
     image code is a token with a character of its own, disjoint from the text, so that the .txt files
     read as the sequences the model sees."""
 
-    def __init__(self, classes, key, codebook_size, tokens_per_image, block_size, vocab=None, tasks=None):
+    def __init__(self, classes, key, codebook_size, tokens_per_image, block_size, vocab=None, tasks=None, grid=0):
         self.classes, self.key = list(classes), key
         self.codebook_size, self.tokens_per_image, self.block_size = codebook_size, tokens_per_image, block_size
+        self.grid = grid  # codes per side of a spatial grid in raster order (conv tokenizer); 0: tokens in no place
+        self.rows = grid or tokens_per_image  # what completion keeps the first of: grid rows, else single tokens
         self.tasks = tasks or {name: t.replace('{key}', key) for name, (t, _) in TASKS.items()}
         if vocab is None:
             text = sorted(set(''.join(re.sub(r'\{\w+\}', '', t) for t in self.tasks.values()) + PAD) | set(classes))
@@ -93,7 +94,7 @@ class Codec:
     @classmethod
     def from_meta(cls, meta):
         return cls(meta['classes'], meta['key'], meta['codebook_size'], meta['tokens_per_image'], meta['block_size'],
-                   meta['vocab'], meta['tasks'])
+                   meta['vocab'], meta['tasks'], meta.get('grid', 0))
 
     @property
     def vocab_size(self):
@@ -223,8 +224,8 @@ def label_targets(codec, tasks, width):
 def draw_logo(codes, labels, codec, title, path):
     """Sequence logo per class (Schneider & Stephens 1990): at each image position, the code letters
     stacked by frequency, the stack as high as the position's information content in bits. For more
-    than 26 codes only the heights are drawn, laid out as the square grid of positions (the conv
-    tokenizer's, raster order): where each class is predictable. Up to 20 classes are drawn."""
+    than 26 codes only the heights are drawn, laid out as the grid of positions for a conv tokenizer (raster
+    order), else as a row: where each class is predictable. Up to 20 classes are drawn."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -234,8 +235,7 @@ def draw_logo(codes, labels, codec, title, path):
     from matplotlib.textpath import TextPath
     K, n = codec.codebook_size, codec.tokens_per_image
     letters = K <= 26
-    side = math.isqrt(n)
-    shape = (side, side) if side * side == n else (1, n)
+    shape = (codec.grid, codec.grid) if codec.grid else (1, n)
     shown = min(len(codec.classes), 20)
     cols = min(5, shown)
     rows = -(-shown // cols)
@@ -292,7 +292,8 @@ if __name__ == '__main__':
     if block_size == 0:
         roomy = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, 1 << 16)
         block_size = -(-max(len(roomy.tokens(t, 0, [0] * tok.tokens_per_image)) for t in TASKS) // 8) * 8
-    codec = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, block_size)
+    grid = tok.grid if tok.kind == 'conv' else 0
+    codec = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, block_size, grid=grid)
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     dtype = np.uint16
@@ -351,7 +352,7 @@ if __name__ == '__main__':
             if os.path.exists(path):
                 os.remove(path)
     meta = dict(dataset=info, classes=classes, key=key, tasks=codec.tasks, vocab=codec.itos,
-                vocab_size=codec.vocab_size, block_size=block_size, tokens_per_image=codec.tokens_per_image,
+                vocab_size=codec.vocab_size, block_size=block_size, tokens_per_image=codec.tokens_per_image, grid=grid,
                 codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
                 tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment, splits=counts,
                 files=files)

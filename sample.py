@@ -132,17 +132,16 @@ def complete_images(model, codec, tok, codes, keep, label, n, generator, tempera
 
 
 def kept_rows(codec, keep):
-    """Tokens kept when `keep` rows of codes are kept: a square grid's rows, else single tokens."""
-    side = math.isqrt(codec.tokens_per_image)
-    return keep * side if side * side == codec.tokens_per_image else keep
+    """Tokens kept when `keep` rows of codes are kept: a grid's rows, else single tokens."""
+    return keep * codec.grid if codec.grid else keep
 
 
 def kept_view(images, codec, keep):
-    """What of each image the kept codes cover: a grid tokenizer's first rows (the rest black)."""
-    side = math.isqrt(codec.tokens_per_image)
+    """What of each image the kept codes cover: a grid tokenizer's first rows (the rest black); the
+    tokens of a 1D tokenizer have no place in the image, so it is shown whole."""
     out = images.clone()
-    if side * side == codec.tokens_per_image:
-        out[..., round(keep * images.size(-2) / side):, :] = 0
+    if codec.grid:
+        out[..., round(keep * images.size(-2) / codec.grid):, :] = 0
     return out
 
 
@@ -396,10 +395,10 @@ def complete():
     """Completions of test images or an image file from their first rows of codes, as a PNG grid: per
     image the original, the kept part, then the completions."""
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
-    side = math.isqrt(codec.tokens_per_image)
-    rows = side if side * side == codec.tokens_per_image else codec.tokens_per_image
-    if keep > rows:
-        raise SystemExit(f"error: keep={keep} is not allowed: keep must be at most {rows}, the rows of codes of an image")
+    unit = 'row' if codec.grid else 'token'  # a 1D tokenizer's tokens have no rows
+    if keep > codec.rows:
+        raise SystemExit(f"error: keep={keep} is not allowed: keep must be at most {codec.rows}, the {unit}s of codes "
+                         f"of an image")
     x, truth, names = inputs()
     codes = tok.encode(x.to(device)).cpu()
     label = codec.label(labels) if labels.strip() else None
@@ -409,7 +408,7 @@ def complete():
                       for i in range(len(x))])
     path = os.path.join(out_dir, 'complete.png')
     save_image_grid(grid, path, num_samples + 2, row_labels=names)
-    print(f"completions of {len(x)} image(s) from their first {keep} row(s) of codes"
+    print(f"completions of {len(x)} image(s) from their first {keep} {unit}(s) of codes"
           + (f", as {codec.classes[label]}" if label is not None else ', no class given') + f": {path} "
           "(per row: the original, the kept part, the completions)")
     for i, name in enumerate(names):
@@ -508,10 +507,8 @@ class Page:
         self.calls = 0
 
     def info(self, request):
-        side = math.isqrt(codec.tokens_per_image)
         return dict(title=info['title'], classes=codec.classes, key=codec.key, image_size=info['image_size'],
-                    channels=info['channels'], tokens_per_image=codec.tokens_per_image,
-                    rows=side if side * side == codec.tokens_per_image else codec.tokens_per_image,
+                    channels=info['channels'], tokens_per_image=codec.tokens_per_image, grid=codec.grid, rows=codec.rows,
                     test_images=len(self.test_images), checkpoint=paths[0], iteration=self.ck['iter_num'],
                     defaults=dict(n=4, temperature=temperature, guidance=guidance, keep=keep))
 
@@ -667,7 +664,7 @@ PAGE = r"""<!doctype html>
 <section><h2>Cut an image, and the model completes it</h2>
  <label>from <select id="src"><option value="test">test image</option><option value="drawing">the drawing</option></select></label>
  <label>test image <input id="idx" type="number" min="0" value="0"></label><button id="rand">random</button>
- <label>keep rows <input id="keep" type="number" min="0"></label>
+ <label>keep <span id="keepunit">rows</span> <input id="keep" type="number" min="0"></label>
  <label>as <select id="compclass"><option value="">(no class: the model names it)</option></select></label>
  <label>completions <input id="comp_n" type="number" min="1" max="16" value="4"></label> <button id="comp">complete</button>
  <span id="comperr" class="err"></span><div id="comps" class="row" style="margin-top:10px"></div></section>
@@ -741,7 +738,7 @@ $('comp').onclick = async () => {
   $('title').textContent = info.title + ', ' + info.classes.length + ' classes, iteration ' + info.iteration;
   info.classes.forEach(c => { for (const s of ['genclass', 'compclass']) { const o = document.createElement('option'); o.value = o.textContent = c; $(s).appendChild(o); } });
   $('gen_n').value = info.defaults.n; $('gen_t').value = info.defaults.temperature; $('gen_g').value = info.defaults.guidance;
-  $('keep').value = info.defaults.keep; $('keep').max = info.rows; $('idx').max = info.test_images - 1;
+  $('keep').value = info.defaults.keep; $('keep').max = info.rows; if (!info.grid) $('keepunit').textContent = 'tokens'; $('idx').max = info.test_images - 1;
   if (info.channels === 1) $('pen').parentElement.style.display = 'none';
   clearPad();
 })();

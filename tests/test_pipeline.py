@@ -235,6 +235,7 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     run_script('prepare.py', '--augment=1', cwd=tmp_path)
     meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     assert meta['classes'] == sorted(CLASSES) and meta['key'] == 'class' and meta['tokens_per_image'] == 16
+    assert meta['grid'] == 4  # 16x16 images, a conv tokenizer's 4x4 grid of codes
     lines = (tmp_path / 'data/vlm/train.txt').read_text(encoding='utf-8').splitlines()
     names = '|'.join(re.escape(c) for c in CLASSES)
     code = code_class(meta)
@@ -263,3 +264,23 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     assert Image.open(tmp_path / 'out/vlm/classify_input.png').size == (16, 16)
     assert "unknown class 'square'" in error_line(run_script('sample.py', '--mode=generate', '--labels=square',
                                                              cwd=tmp_path, check=False))
+
+
+def test_1d_tokenizer_downstream(tmp_path):
+    """A TiTok-style 1D tokenizer (tokens in no place in the image) through prepare, training, guided
+    generation and completion: completion keeps the first tokens (not rows, though 16 is a square)."""
+    from shapes import make_shapes
+    root = make_shapes(str(tmp_path / 'shapes'), 8, size=16)
+    run_script('vqvae.py', f'--dataset={root}', '--kind=1d', '--tokens_per_image=16', '--grid=4', '--hidden=32',
+               '--levels=5,5', '--max_epochs=1', '--min_iters=0', cwd=tmp_path)
+    run_script('prepare.py', '--augment=0', cwd=tmp_path)
+    meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
+    assert meta['tokens_per_image'] == 16 and meta['grid'] == 0 and meta['codebook_size'] == 25
+    assert (tmp_path / 'data/vlm/logo.png').stat().st_size > 0
+    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--eval_classify=8', cwd=tmp_path)
+    p = run_script('sample.py', '--mode=generate', '--labels=circle', '--num_samples=2', cwd=tmp_path)
+    assert len(re.findall(rf'class:circle, image:{code_class(meta)}{{16}}\.', p.stdout)) == 2
+    p = run_script('sample.py', '--mode=complete', '--image=0', '--keep=5', '--num_samples=2', cwd=tmp_path)
+    assert 'from their first 5 token(s) of codes' in p.stdout and (tmp_path / 'out/vlm/complete.png').is_file()
+    assert 'keep must be at most 16, the tokens of codes' in error_line(run_script(
+        'sample.py', '--mode=complete', '--image=0', '--keep=17', cwd=tmp_path, check=False))

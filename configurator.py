@@ -126,6 +126,7 @@ RULES = {
     # the tokenizer
     'kind': one_of('conv', '1d', 'mlp'),
     'depth': integer(0, 24),
+    'stages': integer(1, 8),
     'quantizer': one_of('fsq', 'vq'),
     'loss': one_of('bce', 'mse'),
     'levels': levels,
@@ -193,6 +194,8 @@ RULES = {
 }
 
 CROSS = [  # rules over several settings of one script: (settings, rule taking their values in order)
+    (('stages', 'kind', 'quantizer'), lambda s, k, q: None if s == 1 or (k, q) == ('conv', 'fsq') else
+     "stages above 1 need kind 'conv' and quantizer 'fsq'"),
     (('n_embd', 'n_head'), lambda e, h: None if e % h == 0 else f"n_embd ({e}) must be a multiple of n_head ({h})"),
     (('batch_size', 'gradient_accumulation_steps'), lambda b, s: None if b % s == 0 else
      f"batch_size ({b}) must be a multiple of gradient_accumulation_steps ({s})"),

@@ -329,6 +329,41 @@ class FSQ(nn.Module):
         return (q - self.levels // 2) / (self.levels // 2), self._index(q), z.new_zeros(())
 
 
+class ResidualFSQ(nn.Module):
+    """Coarse-to-fine codes: `stages` FSQ codes per latent (residual quantisation as in RQ-VAE, Lee et al.
+    2022, https://arxiv.org/abs/2203.01941). Stage s quantises what the stages before it left over,
+    scaled up by (levels - 1) ** s so that it fills FSQ's range; the latent is the sum of the stages.
+    The codes come stage by stage (every latent's first code, then every latent's second, ...), so a
+    sequence carries the whole coarse image before any detail."""
+
+    def __init__(self, levels, stages):
+        super().__init__()
+        self.fsq = FSQ(levels)
+        self.stages, self.codebook_size = stages, self.fsq.codebook_size
+        steps = torch.arange(stages, dtype=torch.float)[:, None]
+        self.register_buffer('scales', (self.fsq.levels.float() - 1) ** -steps, persistent=False)  # (stages, D)
+
+    def forward(self, z):
+        """z (B, N, D) -> the quantised latents (B, N, D), codes (B, stages * N), no auxiliary loss."""
+        out, residual, codes = 0, z, []
+        for scale in self.scales:
+            q, c, _ = self.fsq(residual / scale)
+            out, residual = out + q * scale, residual - (q * scale).detach()
+            codes.append(c)
+        return out, torch.cat(codes, -1), z.new_zeros(())
+
+    def codes(self, z):
+        return self(z)[1]
+
+    def vectors(self, codes):
+        """codes (B, stages * N) -> latents (B, N, D): the stages' vectors, scaled and summed."""
+        staged = codes.reshape(*codes.shape[:-1], self.stages, -1)
+        return (self.fsq.vectors(staged) * self.scales[:, None, :]).sum(-3)
+
+    def features(self):
+        return self.fsq.features()  # every stage draws from one FSQ alphabet; its position tells the stage
+
+
 class Residual(nn.Module):
     """x + conv1x1(relu(conv3x3(x))), then ReLU: a residual block as in the VQ-VAE paper's encoder and
     decoder, widening what each code sees."""
@@ -357,6 +392,8 @@ class VQVAE(nn.Module):
     the whole image, in no spatial order (TiTok, Yu et al. 2024, "An Image is Worth 32 Tokens for
     Reconstruction and Generation", https://arxiv.org/abs/2406.07550); its decoder is a transformer
     over the codes and one query per patch. depth: layers of each (conv: residual blocks at the grid).
+    stages > 1 (conv, FSQ) gives each grid cell that many codes, coarse to fine (ResidualFSQ): the image
+    is then stages * grid * grid tokens, the first grid of them a coarse picture.
     quantizer='vq' is a learned codebook (k-means initialised by vqvae.py); 'fsq' is FSQ with levels.
     loss='mse': squared error against the decoder's output (the published MLP's ends in a sigmoid; the
     conv decoder's is linear, clamped to [0, 1] when decoding, because squared error through a sigmoid
@@ -364,13 +401,17 @@ class VQVAE(nn.Module):
     pixels (Kingma & Welling 2013 model MNIST so), trained by binary cross-entropy: sharper images."""
 
     def __init__(self, kind='mlp', quantizer='vq', image_size=28, channels=1, hidden=128, latent_dim=32,
-                 tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=0, loss='mse', depth=0):
+                 tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=0, loss='mse', depth=0,
+                 stages=1):
         super().__init__()
         if kind not in ('mlp', 'conv', '1d') or quantizer not in ('vq', 'fsq') or loss not in ('mse', 'bce'):
             raise SystemExit(f"error: tokenizer kind must be 'mlp', 'conv' or '1d', quantizer 'vq' or 'fsq' and loss "
                              f"'mse' or 'bce', got {kind!r}, {quantizer!r} and {loss!r}")
+        if stages != 1 and (kind, quantizer) != ('conv', 'fsq'):
+            raise SystemExit(f"error: stages above 1 need kind 'conv' and quantizer 'fsq', got stages={stages} with "
+                             f"{kind!r} and {quantizer!r}")
         if quantizer == 'fsq':
-            self.quantizer = FSQ(levels)
+            self.quantizer = FSQ(levels) if stages == 1 else ResidualFSQ(levels, stages)
             codebook_size, code_dim = self.quantizer.codebook_size, len(levels)
         sizes = [image_size]  # the conv encoder's map sizes, halved (rounding up) until the grid
         if kind == 'conv':
@@ -380,7 +421,7 @@ class VQVAE(nn.Module):
             if sizes[-1] != grid or len(sizes) < 2:
                 raise SystemExit(f"error: a conv tokenizer halves {image_size}x{image_size} images to grids of "
                                  f"{', '.join(str(s) for s in sizes[1:])}; got grid {grid}")
-            tokens_per_image = grid * grid
+            tokens_per_image = stages * grid * grid
             code_dim = code_dim if quantizer == 'fsq' else latent_dim
         elif kind == '1d':
             grid = grid or -(-image_size // 4)
@@ -398,8 +439,9 @@ class VQVAE(nn.Module):
         self.model_args = dict(kind=kind, quantizer=quantizer, image_size=image_size, channels=channels, hidden=hidden,
                                latent_dim=latent_dim, tokens_per_image=tokens_per_image,
                                codebook_size=codebook_size, beta=beta, levels=list(levels), grid=grid, loss=loss,
-                               depth=depth)
-        self.kind, self.image_size, self.channels, self.grid, self.loss = kind, image_size, channels, grid, loss
+                               depth=depth, stages=stages)
+        self.kind, self.stages, self.image_size, self.channels = kind, stages, image_size, channels
+        self.grid, self.loss = grid, loss
         self.tokens_per_image, self.codebook_size, self.code_dim = tokens_per_image, codebook_size, code_dim
         n, h = channels * image_size * image_size, hidden
         if kind == 'mlp':

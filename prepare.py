@@ -292,7 +292,7 @@ if __name__ == '__main__':
     if block_size == 0:
         roomy = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, 1 << 16)
         block_size = -(-max(len(roomy.tokens(t, 0, [0] * tok.tokens_per_image)) for t in TASKS) // 8) * 8
-    grid = tok.grid if tok.kind == 'conv' else 0
+    grid = tok.grid if tok.kind == 'conv' and tok.stages == 1 else 0  # one raster grid; else tokens in sequence
     codec = Codec(classes, key, tok.codebook_size, tok.tokens_per_image, block_size, grid=grid)
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -7,6 +7,8 @@ data set's training split with early stopping on its validation split, and repor
     python vqvae.py --dataset=fashion --idx_dir=../shared/fashion-mnist
     python vqvae.py --dataset=path/to/my_images  # a folder of class folders (see dataset.py)
     python vqvae.py config/vqvae_seed.py         # the published MLP tokenizer: 8 tokens from 26 codes
+    python vqvae.py --kind=1d --tokens_per_image=16          # 16 tokens in no place (TiTok)
+    python vqvae.py --grid=4 --stages=2 --levels=8,5,5,5     # a 4x4 grid, then its detail (residual FSQ)
 
 FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and needs no
 auxiliary losses. Binary cross-entropy needs the decoder's output bias to start at the mean pixel's
@@ -42,6 +44,7 @@ hidden = 64                # conv: channels; mlp: hidden units
 latent_dim = 32            # vq: mlp: the whole latent, cut into tokens_per_image chunks; conv: per cell
 tokens_per_image = 8       # mlp and 1d (conv has grid * grid)
 depth = 0                  # conv: residual blocks at the grid, each side; 1d: transformer layers, each side (at least 1)
+stages = 1                 # conv + fsq: codes per grid cell, coarse to fine (residual FSQ); tokens: stage by stage
 codebook_size = 26         # vq only: 26 or fewer codes become the letters A..Z
 beta = 0.25                # vq only: commitment cost
 loss = 'bce'               # 'bce': pixels as Bernoulli logits (sharper); 'mse': squared error (the published MLP's)
@@ -87,7 +90,7 @@ if __name__ == '__main__':
         raise SystemExit(f"error: levels must be integers separated by commas, like 8,5,5,5; got {levels!r}")
     tok = VQVAE(kind=kind, quantizer=quantizer, image_size=info['image_size'], channels=info['channels'], hidden=hidden,
                 latent_dim=latent_dim, tokens_per_image=tokens_per_image, codebook_size=codebook_size, beta=beta,
-                levels=levels_, grid=grid, loss=loss, depth=depth).to(device)
+                levels=levels_, grid=grid, loss=loss, depth=depth, stages=stages).to(device)
     if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
         with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
             mean = train.mean().item()

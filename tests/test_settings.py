@@ -51,6 +51,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('vqvae.py', 'image_size', 1000, '8 to 128'),
     ('vqvae.py', 'kind', 'transformer', "one of 'conv', '1d', 'mlp'"),
     ('vqvae.py', 'depth', -1, 'from 0 to 24'),
+    ('vqvae.py', 'stages', 0, 'a whole number from 1 to 8'),
     ('vqvae.py', 'quantizer', 'lfq', "one of 'fsq', 'vq'"),
     ('vqvae.py', 'loss', 'l1', "one of 'bce', 'mse'"),
     ('vqvae.py', 'levels', '5,x', 'whole numbers separated by commas'),
@@ -118,6 +119,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('bench.py', 'train_window', 0, 'a positive whole number'),
 ]
 CROSS = [
+    ('vqvae.py', ['--stages=2', '--kind=1d'], "stages above 1 need kind 'conv' and quantizer 'fsq'"),
     ('train.py', ['--n_embd=100', '--n_head=3'], 'n_embd (100) must be a multiple of n_head (3)'),
     ('train.py', ['--batch_size=10', '--gradient_accumulation_steps=3'], 'must be a multiple of gradient_accumulation_steps'),
     ('train.py', ['--min_lr=0.1', '--learning_rate=0.01'], 'min_lr (0.1) must be at most learning_rate (0.01)'),

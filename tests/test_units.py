@@ -12,7 +12,7 @@ import configurator
 import dataset
 from common import atomic_write, load_checkpoint, pick_dtype, save_checkpoint
 from dataset import augmented, shifted
-from model import FSQ, GPT, GPTConfig, ImageCNN, VQVAE
+from model import FSQ, GPT, GPTConfig, ImageCNN, ResidualFSQ, VQVAE
 from prepare import PAD, Codec, code_alphabet, label_targets, training_pairs
 from sample import frechet_distance, read_labels
 
@@ -582,6 +582,29 @@ def test_conv_tokenizer_grid(grid, quantizer, size, channels):
     assert (tok.encode(y)[:, -1] == codes[:, -1]).all()
     with pytest.raises(SystemExit, match='halves'):
         VQVAE(kind='conv', quantizer='fsq', grid=5, image_size=size)
+
+
+def test_residual_fsq_coarse_to_fine():
+    """Residual FSQ: the first stage's codes are plain FSQ's, each later stage refines what is left, the
+    codes come stage by stage, and codes -> vectors gives back the quantised latents."""
+    torch.manual_seed(0)
+    z = (torch.rand(64, 9, 4) * 1.6 - 0.8).requires_grad_()
+    q1, q3 = ResidualFSQ((8, 5, 5, 5), 1), ResidualFSQ((8, 5, 5, 5), 3)
+    zq, codes, loss = q3(z)
+    assert codes.shape == (64, 27) and codes.max() < 1000 and loss.item() == 0 and q3.codebook_size == 1000
+    assert torch.equal(codes[:, :9], FSQ((8, 5, 5, 5)).codes(z)) and torch.equal(codes, q3.codes(z))
+    assert torch.allclose(q3.vectors(codes), zq, atol=1e-6)
+    errors = [(ResidualFSQ((8, 5, 5, 5), s)(z)[0] - z).abs().mean().item() for s in (1, 2, 3)]
+    assert errors[0] > 2 * errors[1] > 4 * errors[2]
+    zq.sum().backward()
+    assert z.grad.abs().sum() > 0
+    tok = VQVAE(kind='conv', quantizer='fsq', grid=4, hidden=16, levels=(5, 3), stages=2)
+    x = torch.rand(5, 1, 28, 28)
+    recon, codes, _ = tok(x)
+    assert tok.tokens_per_image == 32 and codes.shape == (5, 32) and torch.equal(tok.encode(x), codes)
+    assert tok.decode(codes).shape == x.shape and tok.model_args['stages'] == 2
+    with pytest.raises(SystemExit, match="stages above 1 need kind 'conv'"):
+        VQVAE(kind='1d', quantizer='fsq', stages=2)
 
 
 def test_frechet_distance():

@@ -589,7 +589,7 @@ def test_residual_fsq_coarse_to_fine():
     codes come stage by stage, and codes -> vectors gives back the quantised latents."""
     torch.manual_seed(0)
     z = (torch.rand(64, 9, 4) * 1.6 - 0.8).requires_grad_()
-    q1, q3 = ResidualFSQ((8, 5, 5, 5), 1), ResidualFSQ((8, 5, 5, 5), 3)
+    q3 = ResidualFSQ((8, 5, 5, 5), 3)
     zq, codes, loss = q3(z)
     assert codes.shape == (64, 27) and codes.max() < 1000 and loss.item() == 0 and q3.codebook_size == 1000
     assert torch.equal(codes[:, :9], FSQ((8, 5, 5, 5)).codes(z)) and torch.equal(codes, q3.codes(z))

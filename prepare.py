@@ -61,6 +61,12 @@ def code_alphabet(n, exclude=''):
     return ''.join(ok[:n])
 
 
+def square_side(n):
+    """The grid of data prepared before meta.json named it: a square token count was a conv grid."""
+    side = int(n ** 0.5)
+    return side if side * side == n else 0
+
+
 class Codec:
     """The sequence format in one place: image code <-> character, class name <-> label, the TASKS,
     padding, and text <-> token ids. A character of the templates is a token, a class name is one
@@ -93,8 +99,9 @@ class Codec:
 
     @classmethod
     def from_meta(cls, meta):
+        grid = meta['grid'] if 'grid' in meta else square_side(meta['tokens_per_image'])
         return cls(meta['classes'], meta['key'], meta['codebook_size'], meta['tokens_per_image'], meta['block_size'],
-                   meta['vocab'], meta['tasks'], meta.get('grid', 0))
+                   meta['vocab'], meta['tasks'], grid)
 
     @property
     def vocab_size(self):

@@ -2,11 +2,12 @@
 Turn a data set into text: every image is encoded by the tokenizer, its codes become characters, and
 each image becomes one sequence of one of the TASKS, chosen at random with a fixed seed:
 
-    generation      number:7, image:ÀÁÆ...Ŀ.#######        class:Ankle boot, image:ÀÁÆ...Ŀ.#######
-    classification  image:ÀÁÆ...Ŀ, number:7.#######        image:ÀÁÆ...Ŀ, class:Ankle boot.#######
+    generation      number:7, image:ÀÁÆ...Ŀ.###        class:Ankle boot, image:ÀÁÆ...Ŀ.###
+    classification  image:ÀÁÆ...Ŀ, number:7.###        image:ÀÁÆ...Ŀ, class:Ankle boot.###
 
 MNIST keeps the published key 'number'; other data sets say 'class' and the class name. Sequences are
-padded with '#' to block_size. The data set is the one the tokenizer was trained on (vqvae.py
+padded with '#' to block_size tokens ('number:', the class name, ', image:' and '.' are one token each:
+see Codec). The data set is the one the tokenizer was trained on (vqvae.py
 --dataset=...). Writes to data_dir, per split (train, val, test): SPLIT.txt (one sequence per line),
 SPLIT.bin (uint16 token ids, block_size per sequence), SPLIT_codes.npy, SPLIT_labels.npy and
 SPLIT_tasks.npy (every sequence's image codes, class and task), SPLIT_images.npy (the original images,
@@ -32,7 +33,7 @@ from dataset import as_float, augmented, reload_dataset
 # -----------------------------------------------------------------------------
 tokenizer = 'out/vqvae/ckpt.pt'   # written by vqvae.py; it also names the data set
 data_dir = 'data/vlm'             # where the prepared sequences go
-block_size = 0                    # every sequence is padded to this many characters; 0 = the
+block_size = 0                    # every sequence is padded to this many tokens; 0 = the
                                   # longest sequence rounded up to a multiple of 8
 augment = 4                       # train: this many randomly moved copies of each image besides it
 seed = 1337
@@ -69,10 +70,12 @@ def square_side(n):
 
 class Codec:
     """The sequence format in one place: image code <-> character, class name <-> label, the TASKS,
-    padding, and text <-> token ids. A character of the templates is a token, a class name is one
-    token however long (reading it is then one choice among the classes, and sequences stay short), an
-    image code is a token with a character of its own, disjoint from the text, so that the .txt files
-    read as the sequences the model sees."""
+    padding, and text <-> token ids. The text between a template's fields ('number:', ', image:', '.')
+    is one token per piece, as a class name is one token however long: both are fixed, so spelling
+    them out would only lengthen every sequence (a fifth of its positions) without telling the model
+    anything. An image code is a token with a character of its own, disjoint from the text, so that
+    the .txt files read as the sequences the model sees. Data prepared when every template character
+    was a token (a vocabulary of single characters) keeps that."""
 
     def __init__(self, classes, key, codebook_size, tokens_per_image, block_size, vocab=None, tasks=None, grid=0):
         self.classes, self.key = list(classes), key
@@ -81,7 +84,11 @@ class Codec:
         self.rows = grid or tokens_per_image  # what completion keeps the first of: grid rows, else single tokens
         self.tasks = tasks or {name: t.replace('{key}', key) for name, (t, _) in TASKS.items()}
         if vocab is None:
-            text = sorted(set(''.join(re.sub(r'\{\w+\}', '', t) for t in self.tasks.values()) + PAD) | set(classes))
+            pieces = set(p for t in self.tasks.values() for p in re.split(r'\{\w+\}', t) if p) | {PAD}
+            clash = sorted(pieces & set(classes))
+            if clash:
+                raise SystemExit(f"error: class name {clash[0]!r} is also a piece of the sequence format; rename it")
+            text = sorted(pieces | set(classes))
             vocab = text + list(code_alphabet(codebook_size, exclude=''.join(text)))
         self.itos = list(vocab)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
@@ -149,7 +156,7 @@ class Codec:
                            image=self.image_text(codes) if codes is not None else '')
 
     def tokens(self, task, label=None, codes=None, upto=None):
-        """The same as token ids: each template character one token, the class name one, each code one."""
+        """The same as token ids: each piece of template text one token, the class name one, each code one."""
         ids = []
         for part in re.split(r'(\{\w+\})', self.tasks[task]):
             if part == '{' + str(upto) + '}':
@@ -158,7 +165,9 @@ class Codec:
                 ids.append(self.label_ids[label])
             elif part == '{image}':
                 ids.extend(self.code_offset + int(c) for c in codes)
-            else:
+            elif part in self.stoi:
+                ids.append(self.stoi[part])
+            else:  # data prepared with one token per template character
                 ids.extend(self.encode(part))
         return ids
 
@@ -190,7 +199,7 @@ class Codec:
 
     # text <-> token ids
     def encode(self, s):
-        """Plain text, one token per character."""
+        """Plain text, one token per character (each must be one of the vocabulary's)."""
         bad = sorted(set(c for c in s if c not in self.stoi))
         if bad:
             raise SystemExit(f"error: characters {''.join(bad)!r} are not in the vocabulary "
@@ -364,6 +373,6 @@ if __name__ == '__main__':
                 tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment, splits=counts,
                 files=files)
     write_json(os.path.join(data_dir, 'meta.json'), meta)
-    chars = ''.join(t for t in codec.itos[:codec.code_offset] if t not in codec.classes)
-    print(f"vocabulary of {codec.vocab_size} tokens: {len(chars)} characters {chars!r}, {len(codec.classes)} class "
+    pieces = [t for t in codec.itos[:codec.code_offset] if t not in codec.classes]
+    print(f"vocabulary of {codec.vocab_size} tokens: {len(pieces)} of text {pieces}, {len(codec.classes)} class "
           f"names, {codec.codebook_size} codes {codec.code_chars[:8]}...; wrote {data_dir}/meta.json and logo.png")

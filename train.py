@@ -42,7 +42,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0                  # train and val loss stay together: nothing to regularise
 bias = False
-label_weight = 10.0            # loss weight of the class name's tokens: a label is 1 of ~65 targets of a sequence, so
+label_weight = 10.0            # loss weight of the class name's tokens: a label is 1 of ~52 targets of a sequence, so
                                # with 1 (plain next-token loss) reading gets little of the gradient
 embed_codes = True             # image-code embeddings share structure through the codes' features (GPT.embeddings)
 # AdamW

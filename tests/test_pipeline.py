@@ -34,8 +34,8 @@ def test_tokenizer_outputs(work, name, tokens, codes):
 
 
 @pytest.mark.parametrize('name, block, tokens, vocab, train', [
-    ('vlm', 72, 49, 149, 100000),    # the default: 7x7 grid of 125 codes, one moved copy (--augment=1)
-    ('seed_vlm', 32, 8, 50, 50000)])    # the published tokenizer: 8 letters
+    ('vlm', 56, 49, 141, 100000),    # the default: 7x7 grid of 125 codes, one moved copy (--augment=1)
+    ('seed_vlm', 16, 8, 42, 50000)])    # the published tokenizer: 8 letters
 def test_prepared_data(work, name, block, tokens, vocab, train):
     d = work / 'data' / name
     meta = json.loads((d / 'meta.json').read_text(encoding='utf-8'))
@@ -46,7 +46,8 @@ def test_prepared_data(work, name, block, tokens, vocab, train):
     assert codes == list('ABCDEFGHIJKLMNOPQRSTUVWXYZ') if tokens == 8 else all(c.isprintable() and ord(c) < 0xE000 for c in codes)
     for split, n in (('train', train), ('val', 10000), ('test', 10000)):
         lines = (d / f'{split}.txt').read_text(encoding='utf-8').splitlines()
-        assert len(lines) == n and all(len(s) == block for s in lines)
+        # 17 characters of text in 4 tokens ('number:', the digit, ', image:', '.'), padded to block tokens
+        assert len(lines) == n and all(len(s) == tokens + 17 + block - (tokens + 4) for s in lines)
         pat = re.compile(rf'(number:\d, image:{code}{{{tokens}}}\.|image:{code}{{{tokens}}}, number:\d\.)#+')
         assert all(pat.fullmatch(s) for s in lines)
         gen = sum(s.startswith('number') for s in lines) / n
@@ -55,7 +56,7 @@ def test_prepared_data(work, name, block, tokens, vocab, train):
         assert ''.join(meta['vocab'][i] for i in ids[0]) == lines[0]
         assert np.load(d / f'{split}_codes.npy').shape == (n, tokens)
         assert np.load(d / f'{split}_images.npy').shape == (n if split != 'train' else 50000, 1, 28, 28)
-    assert np.load(d / 'code_features.npy').shape[0] == vocab - 24
+    assert np.load(d / 'code_features.npy').shape[0] == vocab - 16
     assert (d / 'logo.png').stat().st_size > 0
     assert not [f for f in os.listdir(d) if f.startswith('.')]  # no temporary files left
     # a fixed seed makes it reproducible

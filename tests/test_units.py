@@ -329,19 +329,34 @@ def test_templates_and_padding():
     codec = mnist_codec()
     codes = [15, 19, 10, 17, 22, 2, 8, 20]
     assert codec.image_text(codes) == 'PTKRWCIU'
-    assert codec.line('generation', 7, codes)[0] == 'number:7, image:PTKRWCIU.#######'
-    assert codec.line('classification', 7, codes)[0] == 'image:PTKRWCIU, number:7.#######'
+    assert codec.line('generation', 7, codes)[0] == 'number:7, image:PTKRWCIU.' + '#' * 20  # 12 tokens of 32
+    assert codec.line('classification', 7, codes)[0] == 'image:PTKRWCIU, number:7.' + '#' * 20
     assert codec.text('generation', 7, upto='image') == 'number:7, image:'
     assert codec.text('classification', codes=codes, upto='label') == 'image:PTKRWCIU, number:'
     assert codec.decode(codec.tokens('classification', upto='image')) == 'image:'
-    assert codec.vocab_size == 50 and codec.label_ids == [codec.stoi[d] for d in DIGITS]
+    assert codec.itos[:codec.code_offset] == ['#', ', image:', ', number:', '.', *DIGITS, 'image:', 'number:']
+    assert codec.vocab_size == 42 and codec.label_ids == [codec.stoi[d] for d in DIGITS]
     assert codec.parse('number:7, image:PTKRWCIU.####')[:2] == ('generation', 7)
     for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
                 'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:72.'):
         assert codec.parse(bad) is None
-    assert codec.label_position('generation') == 7 and codec.label_position('classification') == 23
-    with pytest.raises(SystemExit, match='block_size 20 is too short'):
-        mnist_codec(block=20)
+    assert codec.label_position('generation') == 1 and codec.label_position('classification') == 10
+    with pytest.raises(SystemExit, match='block_size 11 is too short'):
+        mnist_codec(block=11)
+    with pytest.raises(SystemExit, match="class name '.' is also a piece of the sequence format"):
+        Codec(['a', '.'], 'class', 26, 8, 32)
+
+
+def test_data_prepared_with_a_token_per_character():
+    """A vocabulary of single characters (data prepared before template pieces were tokens) still reads."""
+    new = mnist_codec()
+    chars = sorted(set('number:, image:.#') | set(DIGITS))
+    old = Codec(DIGITS, 'number', 26, 8, 32, vocab=chars + list(new.code_chars), tasks=new.tasks)
+    codes = [15, 19, 10, 17, 22, 2, 8, 20]
+    for task in new.tasks:
+        text, ids = old.line(task, 7, codes)
+        assert text == new.line(task, 7, codes)[0].replace('#', '') + '#' * 7 and old.decode(ids) == text
+    assert old.label_position('generation') == 7 and old.label_position('classification') == 23
 
 
 def test_class_names_as_words():
@@ -350,10 +365,10 @@ def test_class_names_as_words():
     codes = list(range(49))
     s, ids = codec.line('classification', 0, codes)
     assert s.startswith('image:') and s.split('#')[0].endswith(', class:T-shirt/top.')
-    assert len(ids) == 72 and ids.index(codec.stoi['T-shirt/top']) == 6 + 49 + 8 and codec.decode(ids) == s
+    assert len(ids) == 72 and ids.index(codec.stoi['T-shirt/top']) == 1 + 49 + 1 and codec.decode(ids) == s
     assert codec.line('generation', 9, codes)[0].startswith('class:Ankle boot, image:')
     assert codec.parse(s)[:2] == ('classification', 0)
-    assert len(codec.tokens('generation', 9, codes)) == len(codec.tokens('generation', 8, codes)) == 6 + 1 + 8 + 49 + 1
+    assert len(codec.tokens('generation', 9, codes)) == len(codec.tokens('generation', 8, codes)) == 1 + 1 + 1 + 49 + 1
     assert codec.labels('Sneaker,bag') == [7, 8] and codec.labels('') == list(range(10)) and codec.labels('3') == [3]
     assert mnist_codec().labels('0123') == [0, 1, 2, 3] and mnist_codec().labels('7') == [7]
     for bad in ('Sneakers', '10', 'x7'):

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from common import check_tokenizer, load_images, load_meta, load_model, load_split, pick_device, pick_dtype
+from common import check_tokenizer, load_images, load_meta, load_model, load_split, matmul_rate, pick_device, pick_dtype
 from prepare import Codec
 from sample import generate_images, read_labels
 
@@ -83,11 +83,14 @@ def report(name, values, unit, **extra):
 def matmul_peak(name='matmul_peak'):
     """Dense matmul rate in float32 and in bfloat16; the faster is the yardstick, so that training in
     a slow dtype cannot look efficient."""
-    n = 4096 if device.startswith('cuda') else 2048
     reps = 20 if device.startswith('cuda') else 3
     peaks = {}
     for dtype in ('float32', 'bfloat16'):
         dt = getattr(torch, dtype)
+        # a dtype the device emulates (bfloat16 on a CPU without it, under 1 GFLOP/s) is timed on smaller
+        # matrices, so that each timing takes about a second rather than minutes
+        fits = int((matmul_rate(device, dtype, n=256, reps=2) * 1e9 / (2 * reps)) ** (1 / 3))
+        n = min(4096 if device.startswith('cuda') else 2048, max(256, 1 << fits.bit_length() - 1))
         a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
         def f():
             for _ in range(reps):

@@ -87,10 +87,10 @@ def matmul_peak(name='matmul_peak'):
     peaks = {}
     for dtype in ('float32', 'bfloat16'):
         dt = getattr(torch, dtype)
-        # a dtype the device emulates (bfloat16 on a CPU without it, under 1 GFLOP/s) is timed on smaller
-        # matrices, so that each timing takes about a second rather than minutes
+        # a dtype the device emulates (bfloat16 on a CPU without it) is timed on smaller matrices, so
+        # that each timing takes about a second rather than minutes
         fits = int((matmul_rate(device, dtype, n=256, reps=2) * 1e9 / (2 * reps)) ** (1 / 3))
-        n = min(4096 if device.startswith('cuda') else 2048, max(256, 1 << fits.bit_length() - 1))
+        n = min(4096 if device.startswith('cuda') else 2048, max(256, 1 << (max(fits, 1).bit_length() - 1)))
         a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
         def f():
             for _ in range(reps):

@@ -67,8 +67,8 @@ def test_prepared_data(work, name, block, tokens, vocab, train):
     assert (d / 'train.txt').read_bytes() == before
     # a failed run leaves what was prepared as it was
     files = {f: (d / f).read_bytes() for f in ('meta.json', 'test.bin', 'logo.png')}
-    assert 'block_size 20 is too short' in error_line(run_script(
-        'prepare.py', f'--data_dir=data/{name}', f'--tokenizer={tokenizer}', '--block_size=20', cwd=work, check=False))
+    assert 'block_size 8 is too short' in error_line(run_script(
+        'prepare.py', f'--data_dir=data/{name}', f'--tokenizer={tokenizer}', '--block_size=8', cwd=work, check=False))
     assert all((d / f).read_bytes() == b for f, b in files.items())
 
 

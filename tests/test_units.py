@@ -399,11 +399,10 @@ def test_training_pairs_start_at_sequence_starts():
     lines = [s for s, _ in pairs]
     seqs = torch.tensor([ids for _, ids in pairs])
     X, Y = training_pairs(seqs, codec.stoi[PAD])
-    assert X.shape == Y.shape == (10, 24)  # 'number:7, image:PTKRWCIU.': 24 inputs predict 24 targets
-    for line, x, y in zip(lines, X, Y):
-        assert codec.decode(x) == line[:24]  # every row is one whole sequence from its start
-        n = line.index('.') + 1
-        assert codec.decode(y[:n - 1]) == line[1:n] and (y[n - 1:] == -1).all()
+    assert X.shape == Y.shape == (10, 11)  # 12 tokens ('number:', '7', ', image:', 8 codes, '.'): 11 predict 11
+    for line, x, y, ids in zip(lines, X, Y, seqs):
+        assert codec.decode(x) == line[:line.index('.')]  # every row is one whole sequence from its start
+        assert torch.equal(y, ids[1:12]) and codec.decode(y).endswith('.')
 
 
 def test_label_targets_come_from_the_tasks():
@@ -426,8 +425,8 @@ def tiny_gpt(vocab_size=50):
 
 def test_kv_cache_gives_the_same_tokens():
     """Greedy generation with the cache draws what the whole prefix read again at every step draws."""
-    model = tiny_gpt()
     codec = mnist_codec()
+    model = tiny_gpt(codec.vocab_size)
     idx = codec.prompts('generation', 'image', labels=range(10))
     mask = codec.code_mask()
     out = model.generate(idx, 8, temperature=0, allowed=mask)
@@ -438,16 +437,16 @@ def test_kv_cache_gives_the_same_tokens():
         plain = torch.cat([plain, logits[:, -1].masked_fill(~mask, -float('inf')).argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, plain)
     cache = [[None, None] for _ in model.transformer.h]  # prefix + several tokens at once == one pass
-    full, _ = model(out[:, :20], targets=torch.zeros(10, 20, dtype=torch.long))
-    model(out[:, :12], kv_cache=cache)
-    part, _ = model(out[:, 12:20], kv_cache=cache)
-    assert torch.allclose(part[:, -1], full[:, 19], atol=1e-5)
+    full, _ = model(out, targets=torch.zeros(10, 11, dtype=torch.long))  # 3 prompt tokens, 8 codes
+    model(out[:, :5], kv_cache=cache)
+    part, _ = model(out[:, 5:], kv_cache=cache)
+    assert torch.allclose(part[:, -1], full[:, 10], atol=1e-5)
 
 
 def test_guidance_changes_the_distribution():
     """Classifier-free guidance against 'image:': other tokens than without guidance, still codes only."""
-    model = tiny_gpt()
     codec = mnist_codec()
+    model = tiny_gpt(codec.vocab_size)
     idx, uncond = codec.prompts('generation', 'image', labels=range(10)), codec.prompts('classification', 'image', labels=[None] * 10)
     assert codec.decode(uncond[0]) == 'image:'
     run = lambda g: model.generate(idx, 8, allowed=codec.code_mask(), generator=torch.Generator().manual_seed(1),

@@ -1,8 +1,9 @@
 """
-The models, and nothing else.
+The models, and the optimizer that trains GPT (nanoGPT keeps that here too).
 
 1) GPT: a causal transformer over the mixed text/image-token sequences, after nanoGPT
-   (https://github.com/karpathy/nanoGPT), with a key/value cache for fast batched sampling.
+   (https://github.com/karpathy/nanoGPT), with a key/value cache for fast batched sampling; Muon, the
+   optimizer of its blocks' matrices.
 2) VQVAE: the image tokenizer (van den Oord et al. 2017, "Neural Discrete Representation Learning",
    https://arxiv.org/abs/1711.00937): an encoder, a quantiser that snaps each latent to a code, and a
    decoder. Its model_args say how many tokens an image becomes and how many codes there are; nothing
@@ -172,13 +173,20 @@ class GPT(nn.Module):
             return logits, loss
         return F.linear(x[:, [-1], :], emb), None
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay on matrices only (not on biases and norms), as nanoGPT."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=False, dtype='float32'):
+        """AdamW; weight decay on matrices only (not on biases and norms), as nanoGPT. With muon, the
+        blocks' matrices learn with Muon instead (the embeddings, which are also the output layer, and
+        the norms stay with AdamW, as in Jordan et al. 2024). -> a list of optimizers, stepped together."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+        hidden = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2} if muon else set()
+        groups = [{'params': [p for p in params if p.dim() >= 2 and id(p) not in hidden], 'weight_decay': weight_decay},
                   {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
         extra = dict(fused=True) if device_type == 'cuda' else dict()
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)]
+        if muon:
+            optimizers.append(Muon([p for p in params if id(p) in hidden], lr=learning_rate, weight_decay=weight_decay,
+                                   dtype=torch.bfloat16 if dtype == 'bfloat16' else torch.float32))
+        return optimizers
 
     def estimate_flops_per_token(self, T=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
@@ -228,6 +236,46 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
             inputs = [idx_next] * len(streams)
         return idx
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/): SGD with Nesterov momentum
+    whose update of each weight matrix is orthogonalized (its singular values pushed towards 1 by a
+    Newton-Schulz iteration), so that the rare directions of a gradient move as far as the dominant one.
+    The update is scaled to AdamW's RMS, 0.2 sqrt(max(rows, cols)) (Liu et al. 2025, "Muon is Scalable
+    for LLM Training", https://arxiv.org/abs/2502.16982), so that one learning rate and weight decay
+    serve both. The iteration runs in dtype: bfloat16, as in the original, where it is fast; float32 on
+    a CPU that only emulates bfloat16 (there it would take seconds per step)."""
+
+    def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=5, dtype=torch.bfloat16):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
+        self.dtype = dtype
+
+    @staticmethod
+    def orthogonalize(g, steps, dtype):
+        """About U V^T for g = U S V^T: a quintic Newton-Schulz iteration whose coefficients maximise the
+        slope at 0 (Jordan et al.), so that a few steps take every singular value to about 0.7..1.2."""
+        a, b, c = 3.4445, -4.7750, 2.0315
+        x = g.to(dtype)
+        tall = x.size(0) > x.size(1)
+        x = x.T if tall else x  # so that x x^T is the smaller square
+        x = x / x.norm().clamp_min(1e-7)  # spectral norm <= Frobenius norm = 1
+        for _ in range(steps):
+            xxt = x @ x.T
+            x = torch.addmm(x, torch.addmm(xxt, xxt, xxt, beta=b, alpha=c), x, beta=a)
+        return x.T if tall else x
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group['momentum'])
+                update = self.orthogonalize(p.grad.lerp(buf, group['momentum']), group['ns_steps'], self.dtype)
+                p.mul_(1 - group['lr'] * group['weight_decay'])
+                p.add_(update.to(p.dtype), alpha=-group['lr'] * 0.2 * math.sqrt(max(p.shape)))
 
 
 # ----------------------------------------------------------------------------------------------------

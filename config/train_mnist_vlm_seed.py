@@ -18,6 +18,7 @@ min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100
 
-# the published model's plain next-token loss and random embeddings (this repo's defaults differ)
+# the published model's AdamW, plain next-token loss and random embeddings (this repo's defaults differ)
+muon = False
 label_weight = 1.0
 embed_codes = False

@@ -131,6 +131,9 @@ def test_resume_continues_exactly(work):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     runs = [torch.load(work / f'out/resumed/ckpt_{i}.pt', weights_only=True)['run'] for i in (20, 40)]
     assert runs[0] == runs[1]  # a resumed run is the same run
+    p = run_script('train.py', *TINY, '--max_iters=60', '--eval_interval=20', '--out_dir=out/resumed', '--init_from=resume',
+                   '--muon=False', cwd=work, check=False)
+    assert error_line(p) == "error: out/resumed/ckpt.pt was trained with muon=True: resume with that setting"
 
 
 def test_killed_run_resumes(work):

@@ -12,7 +12,7 @@ import configurator
 import dataset
 from common import atomic_write, load_checkpoint, pick_dtype, save_checkpoint
 from dataset import augmented, shifted
-from model import FSQ, GPT, GPTConfig, ImageCNN, ResidualFSQ, VQVAE
+from model import FSQ, GPT, GPTConfig, ImageCNN, Muon, ResidualFSQ, VQVAE
 from prepare import PAD, Codec, code_alphabet, label_targets, training_pairs
 from sample import frechet_distance, read_labels
 
@@ -468,6 +468,37 @@ def test_weighted_loss():
     assert torch.allclose(model(x, y, weights=w)[1], plain)
     w[:, 0] = 10.0
     assert not torch.allclose(model(x, y, weights=w)[1], plain)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', [(32, 96), (96, 32), (64, 64)])
+def test_muon_orthogonalizes(shape, dtype):
+    """Muon's update has the gradient's shape and every singular value near 1, however skewed the gradient's."""
+    torch.manual_seed(0)
+    g = torch.randn(shape) @ torch.diag(torch.logspace(0, 3, shape[1]))  # singular values over 3 decades
+    u = Muon.orthogonalize(g, 5, dtype)
+    s = torch.linalg.svdvals(u.float())
+    assert u.shape == g.shape and u.dtype == dtype and s.min() > 0.5 and s.max() < 1.5
+    assert (u.float() * g).sum() > 0  # a descent direction
+
+
+def test_optimizers_split_the_parameters():
+    """With muon, the blocks' matrices go to Muon and everything else (tied embeddings, norms) to AdamW,
+    each parameter once; a step with Muon changes every parameter that has a gradient."""
+    model = tiny_gpt().train()
+    adamw, muon = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu', muon=True)
+    hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
+    in_muon = [p for g in muon.param_groups for p in g['params']]
+    in_adamw = [p for g in adamw.param_groups for p in g['params']]
+    assert {id(p) for p in in_muon} == {id(p) for p in hidden} and not {id(p) for p in in_muon} & {id(p) for p in in_adamw}
+    assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
+    assert len(model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')) == 1  # AdamW alone
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(50, (4, 16))
+    model(x, x)[1].backward()
+    adamw.step()
+    muon.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
 def test_code_features_tie_codes_together():

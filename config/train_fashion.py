@@ -3,6 +3,6 @@
 data_dir = 'data/fashion'
 out_dir = 'out/fashion'
 label_weight = 30.0   # clothes are harder to tell apart than digits: reading gets more of the gradient
-max_iters = 2800      # the whole pipeline within 20 minutes on 2 CPU cores (README)
-lr_decay_iters = 2800
-eval_interval = 700
+max_iters = 3600      # the whole pipeline within 20 minutes on 2 CPU cores (README)
+lr_decay_iters = 3600
+eval_interval = 900

@@ -473,7 +473,8 @@ def test_weighted_loss():
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('shape', [(32, 96), (96, 32), (64, 64)])
 def test_muon_orthogonalizes(shape, dtype):
-    """Muon's update has the gradient's shape and every singular value near 1 where the gradient's spread over a decade."""
+    """Muon's update has the gradient's shape and every singular value near 1, the gradient's spread over
+    a decade."""
     torch.manual_seed(0)
     k = min(shape)
     u0, v0 = torch.linalg.qr(torch.randn(shape[0], k))[0], torch.linalg.qr(torch.randn(shape[1], k))[0]

@@ -148,9 +148,9 @@ def kept_view(images, codec, keep):
 def reference_classifier(path, meta, data_dir, device, dtype='float32', epochs=8, batch=128, seed=1337):
     """The reference classifier that scores images, for this data set: loaded from path, or first
     trained there on its training and validation images, each shifted at random by up to one pixel
-    (Adam, lr 3e-3 with cosine decay; in bfloat16 where dtype is, and channels last, which convolutions
-    on a CPU run fastest), and saved with its test accuracy and the fingerprint of the data it learned,
-    so that a classifier of other data is trained anew rather than used."""
+    (Adam, lr 3e-3 with cosine decay; in bfloat16 when dtype is bfloat16, and channels last, which
+    convolutions on a CPU run fastest), and saved with its test accuracy and the fingerprint of the
+    data it learned, so that a classifier of other data is trained anew rather than used."""
     info = meta['dataset']
     if os.path.isfile(path):
         ck = load_checkpoint(path, 'reference classifier', f'delete {path} to train it again')

@@ -122,6 +122,9 @@ RULES = {
     'tokenizer': path,
     'image_size': lambda v: None if v == 0 or 8 <= v <= 128 else '0 (the data set\'s own) or 8 to 128',
     'augment': integer(0, 100),
+    'shift': number(0, 64),
+    'rotate': number(0, 180),
+    'scale': number(0, 1, hi_open=True),
     'block_size': lambda v: None if v == 0 or 8 <= v <= 65535 else '0 (as long as needed) or 8 to 65535',
     # the tokenizer
     'kind': one_of('conv', '1d', 'mlp'),

@@ -36,6 +36,9 @@ data_dir = 'data/vlm'             # where the prepared sequences go
 block_size = 0                    # every sequence is padded to this many tokens; 0 = the
                                   # longest sequence rounded up to a multiple of 8
 augment = 4                       # train: this many randomly moved copies of each image besides it
+shift = 2.0                       # ... each moved up to this many pixels,
+rotate = 10.0                     # ... rotated up to this many degrees
+scale = 0.1                       # ... and scaled by up to 1 +- this
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -335,7 +338,7 @@ if __name__ == '__main__':
             progress = Progress(f"{split}: encoding", copies * len(x), 'images')
             codes = []
             for k in range(copies):  # the image itself, then its moved copies
-                moved = x if k == 0 else augmented(x, g)
+                moved = x if k == 0 else augmented(x, g, shift, rotate, scale)
                 for i in range(0, len(x), 10000):
                     codes.append(tok.encode(moved[i:i + 10000]))
                     progress.update(len(codes[-1]))
@@ -370,7 +373,8 @@ if __name__ == '__main__':
     meta = dict(dataset=info, classes=classes, key=key, tasks=codec.tasks, vocab=codec.itos,
                 vocab_size=codec.vocab_size, block_size=block_size, tokens_per_image=codec.tokens_per_image, grid=grid,
                 codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
-                tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment, splits=counts,
+                tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment,
+                moves=dict(shift=shift, rotate=rotate, scale=scale), splits=counts,
                 files=files)
     write_json(os.path.join(data_dir, 'meta.json'), meta)
     pieces = [t for t in codec.itos[:codec.code_offset] if t not in codec.classes]

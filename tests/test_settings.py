@@ -79,6 +79,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('prepare.py', 'data_dir', '', 'a folder path'),
     ('prepare.py', 'block_size', 4, '0 (as long as needed) or 8 to 65535'),
     ('prepare.py', 'augment', -1, 'from 0 to 100'),
+    ('prepare.py', 'scale', 1.0, 'less than 1'),
     ('train.py', 'init_from', 'gpt2', "one of 'scratch', 'resume'"),
     ('train.py', 'data_dir', '', 'a path'),
     ('train.py', 'eval_interval', 0, 'a positive whole number'),

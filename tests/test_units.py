@@ -284,6 +284,9 @@ def test_augmented_images_move_but_keep_ink():
     assert not torch.equal(x, y)
     assert (y.sum((1, 2, 3)) / x.sum((1, 2, 3)) - 1).abs().max() < 0.3  # moved, rotated, scaled a little
     assert torch.equal(augmented(x, torch.Generator().manual_seed(0)), y)
+    assert torch.allclose(augmented(x, torch.Generator(), 0, 0, 0), x, atol=1e-5)  # no moves: the image itself
+    small = augmented(x, torch.Generator().manual_seed(0), 1.0, 5.0, 0.05)  # config/prepare_fashion.py's
+    assert 0 < (small - x).abs().mean() < (y - x).abs().mean()
 
 
 def test_image_grid_with_row_labels(tmp_path):

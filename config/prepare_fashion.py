@@ -1,0 +1,8 @@
+# Fashion-MNIST's sequences (the README's Fashion-MNIST row):
+# python prepare.py config/prepare_fashion.py
+tokenizer = 'out/vqvae_fashion/ckpt.pt'
+data_dir = 'data/fashion'
+# clothes come centred and upright: copies moved half as far as the digits' read better (README)
+shift = 1.0
+rotate = 5.0
+scale = 0.05

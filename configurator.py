@@ -169,7 +169,8 @@ RULES = {
     'device': device,
     'dtype': dtype,
     'seed': integer(0, 2 ** 63 - 1),
-    'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,  # bools: the type says it all
+    'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
+    'latent_norm': None,  # bools: the type says it all
     # using the model
     'mode': one_of('eval', 'generate', 'classify', 'complete', 'serve'),
     'keep': integer(0, 4096),

@@ -332,8 +332,9 @@ class VectorQuantizer(nn.Module):
 class FSQ(nn.Module):
     """Finite scalar quantisation (Mentzer et al. 2023, https://arxiv.org/abs/2309.15505): each of the
     len(levels) latent channels is squashed by tanh and rounded (straight-through) to one of levels[i]
-    values; the code is the mixed-radix number of those values. There is no codebook to learn, so no
-    code can die, and no auxiliary loss is needed. levels (8,5,5,5) gives 1000 codes."""
+    values; the code is the mixed-radix number of those values. There is no codebook to learn and no
+    auxiliary loss; a channel can still stick at one level when its latents drift into tanh's flat tails
+    (see VQVAE's latent_norm). levels (8,5,5,5) gives 1000 codes."""
 
     def __init__(self, levels):
         super().__init__()
@@ -443,6 +444,9 @@ class VQVAE(nn.Module):
     stages > 1 (conv, FSQ) gives each grid cell that many codes, coarse to fine (ResidualFSQ): the image
     is then stages * grid * grid tokens, the first grid of them a coarse picture.
     quantizer='vq' is a learned codebook (k-means initialised by vqvae.py); 'fsq' is FSQ with levels.
+    latent_norm (FSQ) standardises each latent channel by its batch statistics (BatchNorm, Ioffe &
+    Szegedy 2015) before FSQ bounds it with tanh: a channel that drifts into tanh's flat tails gets no
+    gradient and sticks at one level, and the codes of its other levels die with it.
     loss='mse': squared error against the decoder's output (the published MLP's ends in a sigmoid; the
     conv decoder's is linear, clamped to [0, 1] when decoding, because squared error through a sigmoid
     sent every image to one FSQ code). loss='bce': the decoder's outputs are the logits of Bernoulli
@@ -450,11 +454,13 @@ class VQVAE(nn.Module):
 
     def __init__(self, kind='mlp', quantizer='vq', image_size=28, channels=1, hidden=128, latent_dim=32,
                  tokens_per_image=8, codebook_size=26, beta=0.25, levels=(8, 5, 5, 5), grid=0, loss='mse', depth=0,
-                 stages=1):
+                 stages=1, latent_norm=False):
         super().__init__()
         if kind not in ('mlp', 'conv', '1d') or quantizer not in ('vq', 'fsq') or loss not in ('mse', 'bce'):
             raise SystemExit(f"error: tokenizer kind must be 'mlp', 'conv' or '1d', quantizer 'vq' or 'fsq' and loss "
                              f"'mse' or 'bce', got {kind!r}, {quantizer!r} and {loss!r}")
+        if latent_norm and quantizer != 'fsq':
+            raise SystemExit(f"error: latent_norm needs quantizer 'fsq', got {quantizer!r}")
         if stages != 1 and (kind, quantizer) != ('conv', 'fsq'):
             raise SystemExit(f"error: stages above 1 need kind 'conv' and quantizer 'fsq', got stages={stages} with "
                              f"{kind!r} and {quantizer!r}")
@@ -487,10 +493,11 @@ class VQVAE(nn.Module):
         self.model_args = dict(kind=kind, quantizer=quantizer, image_size=image_size, channels=channels, hidden=hidden,
                                latent_dim=latent_dim, tokens_per_image=tokens_per_image,
                                codebook_size=codebook_size, beta=beta, levels=list(levels), grid=grid, loss=loss,
-                               depth=depth, stages=stages)
+                               depth=depth, stages=stages, latent_norm=latent_norm)
         self.kind, self.stages, self.image_size, self.channels = kind, stages, image_size, channels
         self.grid, self.loss = grid, loss
         self.tokens_per_image, self.codebook_size, self.code_dim = tokens_per_image, codebook_size, code_dim
+        self.latent_norm = nn.BatchNorm1d(code_dim, affine=False) if latent_norm else None
         n, h = channels * image_size * image_size, hidden
         if kind == 'mlp':
             zdim = code_dim * tokens_per_image
@@ -536,12 +543,16 @@ class VQVAE(nn.Module):
         """images (B, C, S, S) in [0, 1] -> latents (B, tokens_per_image, code_dim), one per token."""
         B = x.size(0)
         if self.kind == 'mlp':
-            return self.encoder(x.reshape(B, -1)).view(B, self.tokens_per_image, -1)
-        if self.kind == '1d':
+            z = self.encoder(x.reshape(B, -1)).view(B, self.tokens_per_image, -1)
+        elif self.kind == '1d':
             patches = self.embed(F.unfold(x, self.patch, stride=self.patch).transpose(1, 2))
             seq = torch.cat([patches, self.latent.expand(B, -1, -1)], 1) + self.pos
-            return self.to_code(self.encoder(seq)[:, patches.size(1):])
-        return self.encoder(x).flatten(2).transpose(1, 2)  # raster order
+            z = self.to_code(self.encoder(seq)[:, patches.size(1):])
+        else:
+            z = self.encoder(x).flatten(2).transpose(1, 2)  # raster order
+        if self.latent_norm is not None:  # statistics over every image and place of the batch, in float32
+            z = self.latent_norm(z.float().transpose(1, 2)).transpose(1, 2)
+        return z
 
     def decode_latents(self, zq):
         B = zq.size(0)

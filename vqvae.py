@@ -45,6 +45,7 @@ latent_dim = 32            # vq: mlp: the whole latent, cut into tokens_per_imag
 tokens_per_image = 8       # mlp and 1d (conv has grid * grid)
 depth = 0                  # conv: residual blocks at the grid, each side; 1d: transformer layers, each side (at least 1)
 stages = 1                 # conv + fsq: codes per grid cell, coarse to fine (residual FSQ); tokens: stage by stage
+latent_norm = False        # fsq: standardise each latent channel (batch statistics) so that none sticks at one level
 codebook_size = 26         # vq only: 26 or fewer codes become the letters A..Z
 beta = 0.25                # vq only: commitment cost
 loss = 'bce'               # 'bce': pixels as Bernoulli logits (sharper); 'mse': squared error (the published MLP's)
@@ -90,7 +91,7 @@ if __name__ == '__main__':
         raise SystemExit(f"error: levels must be integers separated by commas, like 8,5,5,5; got {levels!r}")
     tok = VQVAE(kind=kind, quantizer=quantizer, image_size=info['image_size'], channels=info['channels'], hidden=hidden,
                 latent_dim=latent_dim, tokens_per_image=tokens_per_image, codebook_size=codebook_size, beta=beta,
-                levels=levels_, grid=grid, loss=loss, depth=depth, stages=stages).to(device)
+                levels=levels_, grid=grid, loss=loss, depth=depth, stages=stages, latent_norm=latent_norm).to(device)
     if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
         with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
             mean = train.mean().item()

@@ -270,11 +270,12 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
                                                              cwd=tmp_path, check=False))
 
 
-@pytest.mark.parametrize('design', [['--kind=1d', '--tokens_per_image=16', '--grid=4'], ['--grid=2', '--stages=4']])
+@pytest.mark.parametrize('design', [['--kind=1d', '--tokens_per_image=16', '--grid=4'],
+                                    ['--grid=2', '--stages=4', '--latent_norm=True']])
 def test_tokens_in_no_grid_downstream(tmp_path, design):
     """Tokenizers whose tokens are not one raster grid, TiTok-style 1D (tokens in no place in the image)
-    and residual FSQ (4 stages of a 2x2 grid), through prepare, training, guided generation and
-    completion: completion keeps the first tokens (not rows, though 16 is a square)."""
+    and residual FSQ (4 stages of a 2x2 grid, its latents standardised), through prepare, training,
+    guided generation and completion: completion keeps the first tokens (not rows, though 16 is a square)."""
     from shapes import make_shapes
     root = make_shapes(str(tmp_path / 'shapes'), 8, size=16)
     run_script('vqvae.py', f'--dataset={root}', *design, '--hidden=32', '--levels=5,5', '--max_epochs=1',

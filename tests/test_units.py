@@ -658,6 +658,30 @@ def test_residual_fsq_coarse_to_fine():
         VQVAE(kind='1d', quantizer='fsq', stages=2)
 
 
+def test_latent_norm_keeps_every_channel_moving():
+    """An encoder whose latents sit deep in tanh's tail gives every image the same code (each channel
+    stuck at one level); latent_norm standardises them first, so the codes differ again, and its
+    running statistics travel with the weights."""
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 28, 28)
+    stuck = VQVAE(kind='conv', quantizer='fsq', hidden=16, levels=(5, 3))
+    normed = VQVAE(kind='conv', quantizer='fsq', hidden=16, levels=(5, 3), latent_norm=True)
+    normed.load_state_dict(stuck.state_dict(), strict=False)  # the same encoder and decoder
+    for tok in (stuck, normed):
+        with torch.no_grad():
+            tok.encoder[-1].bias.fill_(20.0)
+    assert stuck(x)[1].unique().numel() == 1
+    normed.latent_norm.momentum = None  # a cumulative average: after one batch, the running statistics are its own
+    codes = normed(x)[1]  # training mode: the batch's own statistics
+    assert codes.unique().numel() > 5 and normed.model_args['latent_norm'] is True
+    again = VQVAE(**normed.model_args)
+    again.load_state_dict(normed.state_dict())
+    again.eval()  # the saved running statistics (their variance unbiased: a rare code may differ)
+    assert (again.encode(x) == codes).float().mean() > 0.95
+    with pytest.raises(SystemExit, match="latent_norm needs quantizer 'fsq'"):
+        VQVAE(kind='conv', quantizer='vq', latent_norm=True)
+
+
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4000, 5))

@@ -8,7 +8,8 @@ of `repeats` timed runs after a warm-up, with their min and max.
 - matmul_peak: the device's dense matmul rate in float32 and in bfloat16; the faster is the yardstick for
   model FLOPs utilisation (MFU), so that training in the slower dtype cannot look efficient
 - train_*: train.py itself, run for a few iterations with the default config and the published one
-  (config/train_mnist_vlm_seed.py); tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
+  (config/train_mnist_vlm_seed.py), as one process and as two under torchrun (train_*_2procs);
+  tokens/s and MFU = FLOPs per token x tokens/s / matmul peak
 - generate: 10,000 class -> image samples (grammar-constrained, with guidance, key/value cache)
 - classify: the classes of the 10,000 test images read once; classify_views: with a second look at
   unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
@@ -44,6 +45,7 @@ views = 9                      # ... the second look at unsure readings
 view_threshold = 0.95
 train_configs = 'default,config/train_mnist_vlm_seed.py'
 train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
+train_procs = '1,2'            # train.py run as this many processes (torchrun, one thread each when more than one)
 pipeline = False               # also run the whole default pipeline (minutes) and time each stage
 idx_dir = ''                   # MNIST for the pipeline: see vqvae.py
 seed = 1337
@@ -101,24 +103,27 @@ def matmul_peak(name='matmul_peak'):
     return peaks[best]
 
 
-def train_throughput(cfg):
-    """Run train.py for (repeats + 1) x train_window iterations; the first window is the warm-up. MFU is
-    against the matmul peak measured again right after, so that both see the machine in the same state
-    (on a shared machine the peak itself moves over minutes)."""
+def train_throughput(cfg, procs):
+    """Run train.py (as procs processes under torchrun when more than one) for (repeats + 1) x
+    train_window iterations; the first window is the warm-up. MFU is against the matmul peak measured
+    again right after, so that both see the machine in the same state (on a shared machine the peak
+    itself moves over minutes)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = [] if cfg == 'default' else [os.path.join(HERE, cfg)]
-        cmd = [sys.executable, os.path.join(HERE, 'train.py'), *args, f'--data_dir={os.path.abspath(data_dir)}',
+        launch = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}'] if procs > 1 else []
+        cmd = [sys.executable, *launch, os.path.join(HERE, 'train.py'), *args, f'--data_dir={os.path.abspath(data_dir)}',
                f'--out_dir={tmp}', f'--max_iters={train_window * (repeats + 1)}', f'--log_interval={train_window}',
                '--eval_interval=100000', '--eval_iters=1', '--eval_classify=10', f'--device={device}']
         p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
-        raise SystemExit(f"error: train.py failed for {cfg}: {p.stderr.strip().splitlines()[-1]}")
+        raise SystemExit(f"error: train.py failed for {cfg} on {procs} process(es): {p.stderr.strip().splitlines()[-1]}")
     tokens = int(re.search(r'([\d,]+) tokens per iteration', p.stdout).group(1).replace(',', ''))
     mflop = float(re.search(r'([\d.]+) MFLOP per token', p.stdout).group(1))
     params = int(re.search(r'([\d,]+) parameters', p.stdout).group(1).replace(',', ''))
     ms = [float(x) for x in re.findall(r'([\d.]+) ms/iter', p.stdout)][1:]
     tps = [tokens / (m / 1000) for m in ms]
     name = 'default' if cfg == 'default' else os.path.splitext(os.path.basename(cfg))[0]
+    name += f'_{procs}procs' if procs > 1 else ''
     peak = matmul_peak(f'matmul_peak_after_{name}')
     report(f'train_{name}_ms_per_iter', ms, 'ms', parameters=params, tokens_per_iter=tokens)
     med = report(f'train_{name}_tokens_per_s', tps, 'tokens/s')
@@ -176,5 +181,9 @@ matmul_peak()
 if pipeline:
     whole_pipeline()
 for cfg in filter(None, train_configs.split(',')):
-    train_throughput(cfg)
+    for procs in (int(n) for n in str(train_procs).split(',')):
+        if device.startswith('cuda') and procs > torch.cuda.device_count():  # one GPU per process
+            print(json.dumps(dict(name=f'train_{cfg}_{procs}procs', skipped=f'{torch.cuda.device_count()} GPU(s)')))
+            continue
+        train_throughput(cfg, procs)
 sampling()

@@ -195,6 +195,8 @@ RULES = {
     'n_samples': integer(1),
     'train_configs': None,              # config files: a missing one is reported when train.py reads it
     'train_window': integer(1),
+    'train_procs': lambda v: None if all(x.strip().isdigit() and int(x) >= 1 for x in str(v).split(',')) else
+                   'process counts separated by commas, like 1,2',
 }
 
 CROSS = [  # rules over several settings of one script: (settings, rule taking their values in order)

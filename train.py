@@ -78,6 +78,9 @@ if ddp:
     init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
     rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
+        if int(os.environ.get('LOCAL_WORLD_SIZE', 1)) > torch.cuda.device_count():
+            raise SystemExit(f"error: torchrun started {os.environ['LOCAL_WORLD_SIZE']} processes here, one per GPU, but "
+                             f"this machine has {torch.cuda.device_count()}: use --nproc_per_node={torch.cuda.device_count()}")
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
     else:  # share the cores between the processes on this machine

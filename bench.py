@@ -45,7 +45,7 @@ views = 9                      # ... the second look at unsure readings
 view_threshold = 0.95
 train_configs = 'default,config/train_mnist_vlm_seed.py'
 train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
-train_procs = '1,2'            # train.py run as this many processes (torchrun, one thread each when more than one)
+train_procs = '1,2'            # train.py run as this many processes (torchrun, which share the cores)
 pipeline = False               # also run the whole default pipeline (minutes) and time each stage
 idx_dir = ''                   # MNIST for the pipeline: see vqvae.py
 seed = 1337
@@ -183,7 +183,8 @@ if pipeline:
 for cfg in filter(None, train_configs.split(',')):
     for procs in (int(n) for n in str(train_procs).split(',')):
         if device.startswith('cuda') and procs > torch.cuda.device_count():  # one GPU per process
-            print(json.dumps(dict(name=f'train_{cfg}_{procs}procs', skipped=f'{torch.cuda.device_count()} GPU(s)')))
+            name = os.path.splitext(os.path.basename(cfg))[0]
+            print(json.dumps(dict(name=f'train_{name}_{procs}procs', skipped=f'{torch.cuda.device_count()} GPU(s)')))
             continue
         train_throughput(cfg, procs)
 sampling()

@@ -108,6 +108,12 @@ def train_throughput(cfg, procs):
     train_window iterations; the first window is the warm-up. MFU is against the matmul peak measured
     again right after, so that both see the machine in the same state (on a shared machine the peak
     itself moves over minutes)."""
+    name = 'default' if cfg == 'default' else os.path.splitext(os.path.basename(cfg))[0]
+    name += f'_{procs}procs' if procs > 1 else ''
+    gpus = torch.cuda.device_count() if device.startswith('cuda') else 0
+    if gpus and procs > gpus:  # one GPU per process
+        print(json.dumps(dict(name=f'train_{name}', skipped=f'{procs} processes on {gpus} GPU(s)')))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         args = [] if cfg == 'default' else [os.path.join(HERE, cfg)]
         launch = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}'] if procs > 1 else []
@@ -122,8 +128,6 @@ def train_throughput(cfg, procs):
     params = int(re.search(r'([\d,]+) parameters', p.stdout).group(1).replace(',', ''))
     ms = [float(x) for x in re.findall(r'([\d.]+) ms/iter', p.stdout)][1:]
     tps = [tokens / (m / 1000) for m in ms]
-    name = 'default' if cfg == 'default' else os.path.splitext(os.path.basename(cfg))[0]
-    name += f'_{procs}procs' if procs > 1 else ''
     peak = matmul_peak(f'matmul_peak_after_{name}')
     report(f'train_{name}_ms_per_iter', ms, 'ms', parameters=params, tokens_per_iter=tokens)
     med = report(f'train_{name}_tokens_per_s', tps, 'tokens/s')
@@ -182,9 +186,5 @@ if pipeline:
     whole_pipeline()
 for cfg in filter(None, train_configs.split(',')):
     for procs in (int(n) for n in str(train_procs).split(',')):
-        if device.startswith('cuda') and procs > torch.cuda.device_count():  # one GPU per process
-            name = os.path.splitext(os.path.basename(cfg))[0]
-            print(json.dumps(dict(name=f'train_{name}_{procs}procs', skipped=f'{torch.cuda.device_count()} GPU(s)')))
-            continue
         train_throughput(cfg, procs)
 sampling()

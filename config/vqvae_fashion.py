@@ -3,5 +3,5 @@
 dataset = 'fashion'
 out_dir = 'out/vqvae_fashion'
 levels = '8,5,5,5'   # 1000 codes: clothes' textures need more than the 125 that draw a digit (README)
-hidden = 128         # wider, with standardised latents, it keeps more of the texture that tells a shirt from a
-latent_norm = True   # T-shirt: the language model reads it better once trained long enough (README)
+hidden = 128         # keeps more of the texture that tells a shirt from a T-shirt: it reads better (README)
+latent_norm = True   # without it, 128 channels leave most codes unused (one latent stuck at a level)

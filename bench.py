@@ -30,7 +30,7 @@ import torch
 
 from common import check_tokenizer, load_images, load_meta, load_model, load_split, matmul_rate, pick_device, pick_dtype
 from prepare import Codec
-from sample import generate_images, read_labels
+from sample import generate_images, mirrored, read_labels
 
 # -----------------------------------------------------------------------------
 device = 'auto'
@@ -138,6 +138,7 @@ def train_throughput(cfg, procs):
 def sampling():
     meta = load_meta(data_dir)
     codec = Codec.from_meta(meta)
+    mirror = mirrored(meta)
     tok = check_tokenizer(meta, data_dir).to(device)
     model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device, pick_dtype(device))
     ys = sorted(i % len(codec.classes) for i in range(n_samples))
@@ -148,7 +149,7 @@ def sampling():
     test, labels = (t[:n_samples] for t in load_images(data_dir, 'test', meta))
     test = test.to(device)
     for name, v in (('classify', 1), ('classify_views', views)):
-        read = lambda: read_labels(model, codec, tok, codes, test, v, view_threshold, batch_size)
+        read = lambda: read_labels(model, codec, tok, codes, test, v, view_threshold, batch_size, mirror=mirror)
         acc = (read().argmax(1).cpu() == labels).float().mean().item()
         report(name, [len(codes) / t for t in timed(read)], 'images/s', images=len(codes), views=v, accuracy=acc)
     codes = codes[:n_samples].to(device)

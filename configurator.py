@@ -170,7 +170,7 @@ RULES = {
     'dtype': dtype,
     'seed': integer(0, 2 ** 63 - 1),
     'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
-    'latent_norm': None,  # bools: the type says it all
+    'latent_norm': None, 'flip': None,  # bools: the type says it all
     # using the model
     'mode': one_of('eval', 'generate', 'classify', 'complete', 'serve'),
     'keep': integer(0, 4096),

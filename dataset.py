@@ -462,14 +462,16 @@ def shifted(images, dx, dy):
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1):
+def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1, flip=False):
     """Randomly moved copies of images (N, C, H, W): shifted up to shift pixels, rotated up to rotate
-    degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003)."""
+    degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003), and with
+    flip, half of them mirrored left to right (for images whose mirror image is as likely; not digits)."""
     n, c, h, w = images.shape
     u = lambda: torch.rand(n, generator=generator) * 2 - 1
     a, s = u() * np.radians(rotate), 1 + u() * scale
-    theta = torch.stack([torch.stack([torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
-                         torch.stack([torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
+    m = torch.where(u() < 0, -1.0, 1.0) if flip else torch.ones(n)  # -1: source columns read right to left
+    theta = torch.stack([torch.stack([m * torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
+                         torch.stack([m * torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
     grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False).clamp(0, 1)
 

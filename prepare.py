@@ -38,7 +38,9 @@ block_size = 0                    # every sequence is padded to this many tokens
 augment = 4                       # train: this many randomly moved copies of each image besides it
 shift = 2.0                       # ... each moved up to this many pixels,
 rotate = 10.0                     # ... rotated up to this many degrees
-scale = 0.1                       # ... and scaled by up to 1 +- this
+scale = 0.1                       # ... and scaled by up to 1 +- this;
+flip = False                      # ... and half of them mirrored left to right, for images whose mirror
+                                  # image is as likely (not digits); sample.py then reads mirror images too
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -338,7 +340,7 @@ if __name__ == '__main__':
             progress = Progress(f"{split}: encoding", copies * len(x), 'images')
             codes = []
             for k in range(copies):  # the image itself, then its moved copies
-                moved = x if k == 0 else augmented(x, g, shift, rotate, scale)
+                moved = x if k == 0 else augmented(x, g, shift, rotate, scale, flip)
                 for i in range(0, len(x), 10000):
                     codes.append(tok.encode(moved[i:i + 10000]))
                     progress.update(len(codes[-1]))
@@ -374,7 +376,7 @@ if __name__ == '__main__':
                 vocab_size=codec.vocab_size, block_size=block_size, tokens_per_image=codec.tokens_per_image, grid=grid,
                 codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
                 tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment,
-                moves=dict(shift=shift, rotate=rotate, scale=scale), splits=counts,
+                moves=dict(shift=shift, rotate=rotate, scale=scale, flip=flip), splits=counts,
                 files=files)
     write_json(os.path.join(data_dir, 'meta.json'), meta)
     pieces = [t for t in codec.itos[:codec.code_offset] if t not in codec.classes]

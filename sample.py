@@ -43,7 +43,8 @@ temperature = 0.9           # 1.0 samples the model's distribution; 0 takes the 
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
 guidance = 1.5              # classifier-free guidance scale, against 'image:' with no class; 0 = none
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
-view_threshold = 0.95       # again moved one pixel each way, views readings in all (1 = no second look)
+view_threshold = 0.95       # again moved one pixel each way (and mirrored where prepare.flip), views readings in
+                            # all (1 = no second look)
 image = ''                  # classify, complete: test indices ('7', '0,5,9', '0-99') or an image file (PNG, JPEG, ...)
 keep = 3                    # complete: rows of codes kept from each image (a 1D tokenizer's row is one token)
 save_npy = ''               # generate: also write the images (N, C, S, S) in [0, 1] here, labels beside
@@ -82,13 +83,21 @@ def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k
     return tok.decode(codes, batch_size).cpu(), codes.cpu()
 
 
+def mirrored(meta):
+    """Whether the model trained on mirrored copies (prepare.flip), so that reading looks at mirror images too."""
+    return meta.get('moves', {}).get('flip', False)
+
+
 @torch.no_grad()
-def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250, progress=None):
+def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250, progress=None,
+                mirror=False):
     """Class probabilities (N, K) from 'image:XXXX, number:' for images (N, C, S, S) with their codes,
     scored over the class names only (GPT.next_token_probs). An image read with top probability below
     threshold is read views - 1 more times, moved one pixel each way (SHIFTS), and its
     log-probabilities averaged (test-time augmentation, as in Krizhevsky et al. 2012; the model
-    trained on moved copies, prepare.augment): only the unsure few get the second look."""
+    trained on moved copies, prepare.augment): only the unsure few get the second look. With mirror (the
+    model trained on mirrored copies too, prepare.flip), the mirror image comes first, then each shift
+    both ways round."""
     device = next(model.parameters()).device
     read = lambda c: model.next_token_probs(codec.prompts('classification', 'label', codes=c, device=device),
                                             codec.label_ids, batch_size)
@@ -101,8 +110,11 @@ def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_
     unsure = (probs.max(1).values < threshold).nonzero()[:, 0]
     if views > 1 and len(unsure):
         logp = probs[unsure].clamp_min(1e-12).log()
-        for dx, dy in SHIFTS[:views - 1]:
+        moves = [(0, 0, True)] + [(dx, dy, f) for dx, dy in SHIFTS for f in (False, True)] if mirror else \
+            [(dx, dy, False) for dx, dy in SHIFTS]
+        for dx, dy, f in moves[:views - 1]:
             moved = shifted(images[unsure.to(images.device)], dx, dy).to(device)
+            moved = moved.flip(3) if f else moved
             logp += read(tok.encode(moved, batch_size)).clamp_min(1e-12).log()
         probs[unsure] = torch.softmax(logp / views, 1)
     return probs
@@ -317,7 +329,7 @@ def classify():
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     x, truth, names = inputs()
     codes = tok.encode(x.to(device)).cpu()
-    probs = read_labels(model, codec, tok, codes, x.to(device), views, view_threshold, batch_size).cpu()
+    probs = read_labels(model, codec, tok, codes, x.to(device), views, view_threshold, batch_size, mirror=mirror).cpu()
     for name, t, p in zip(names, truth, probs):
         print(f"{name}: {codec.classes[int(p.argmax())]}" + ('' if t is None else f" (true {codec.classes[t]})")
               + "  p: " + show_probs(p))
@@ -333,7 +345,7 @@ def evaluate():
     for path in paths:
         model, ck = load_model(path, meta, data_dir, device, dtype)
         pred = read_labels(model, codec, tok, test_codes, test_images, views, view_threshold, batch_size,
-                           Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images')).argmax(1)
+                           Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images'), mirror).argmax(1)
         n = len(test_labels)
         acc = (pred == test_labels).float().mean().item()
         confusion = torch.zeros(K, K, dtype=torch.long)
@@ -528,7 +540,7 @@ class Page:
     def classify(self, request):
         x = image_from(request)[None].to(device)
         codes = tok.encode(x)
-        p = read_labels(self.model, codec, tok, codes, x, views, view_threshold)[0].cpu()
+        p = read_labels(self.model, codec, tok, codes, x, views, view_threshold, mirror=mirror)[0].cpu()
         return dict(classes=codec.classes, probs=p.tolist(), label=codec.classes[int(p.argmax())], seen=data_url(x[0]),
                     tokens=codec.image_text(codes[0].tolist()))
 
@@ -762,5 +774,6 @@ if __name__ == '__main__':
     meta = load_meta(data_dir)
     info = meta['dataset']
     codec = Codec.from_meta(meta)
+    mirror = mirrored(meta)
     tok = check_tokenizer(meta, data_dir).to(device)
     MODES[mode]()

@@ -289,6 +289,15 @@ def test_augmented_images_move_but_keep_ink():
     assert 0 < (small - x).abs().mean() < (y - x).abs().mean()
 
 
+def test_augmented_flip_mirrors_half():
+    x = torch.rand(200, 3, 28, 28)
+    y = augmented(x, torch.Generator().manual_seed(0), 0, 0, 0, flip=True)
+    same = (y - x).abs().amax((1, 2, 3)) < 1e-5
+    mirrored = (y - x.flip(3)).abs().amax((1, 2, 3)) < 1e-5
+    assert bool((same ^ mirrored).all()) and 60 < int(mirrored.sum()) < 140
+    assert torch.equal(augmented(x, torch.Generator().manual_seed(0), flip=False), augmented(x, torch.Generator().manual_seed(0)))
+
+
 def test_image_grid_with_row_labels(tmp_path):
     from PIL import Image
     images = torch.rand(6, 3, 12, 12)
@@ -570,6 +579,11 @@ def test_read_labels_second_look():
     assert torch.allclose(read_labels(model, codec, tok, codes, x, views=5, threshold=0.0), once)
     again = read_labels(model, codec, tok, codes, x, views=5, threshold=1.0, batch_size=4)
     assert again.shape == (6, 10) and torch.allclose(again.sum(1), torch.ones(6)) and not torch.allclose(again, once)
+    # mirror: the second view is the mirror image
+    flipped = tok.encode(x.flip(3))
+    both = once.log() + model.next_token_probs(codec.prompts('classification', 'label', codes=flipped), codec.label_ids).log()
+    two = read_labels(model, codec, tok, codes, x, views=2, threshold=1.0, mirror=True)
+    assert torch.allclose(two, torch.softmax(both / 2, 1), atol=1e-5)
 
 
 @pytest.mark.parametrize('tokens, codes', [(8, 26), (4, 300)])

@@ -110,8 +110,9 @@ def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_
     unsure = (probs.max(1).values < threshold).nonzero()[:, 0]
     if views > 1 and len(unsure):
         logp = probs[unsure].clamp_min(1e-12).log()
-        moves = [(0, 0, True)] + [(dx, dy, f) for dx, dy in SHIFTS for f in (False, True)] if mirror else \
-            [(dx, dy, False) for dx, dy in SHIFTS]
+        moves = [(dx, dy, False) for dx, dy in SHIFTS]  # (dx, dy, mirrored) of each extra view
+        if mirror:  # the mirror image first, then each shift both ways round
+            moves = [(0, 0, True)] + [(dx, dy, f) for dx, dy, _ in moves for f in (False, True)]
         for dx, dy, f in moves[:views - 1]:
             moved = shifted(images[unsure.to(images.device)], dx, dy).to(device)
             moved = moved.flip(3) if f else moved
@@ -344,8 +345,9 @@ def evaluate():
     results = []
     for path in paths:
         model, ck = load_model(path, meta, data_dir, device, dtype)
-        pred = read_labels(model, codec, tok, test_codes, test_images, views, view_threshold, batch_size,
-                           Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images'), mirror).argmax(1)
+        reading = Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images')
+        pred = read_labels(model, codec, tok, test_codes, test_images, views, view_threshold, batch_size, reading,
+                           mirror).argmax(1)
         n = len(test_labels)
         acc = (pred == test_labels).float().mean().item()
         confusion = torch.zeros(K, K, dtype=torch.long)

@@ -295,7 +295,8 @@ def test_augmented_flip_mirrors_half():
     same = (y - x).abs().amax((1, 2, 3)) < 1e-5
     mirrored = (y - x.flip(3)).abs().amax((1, 2, 3)) < 1e-5
     assert bool((same ^ mirrored).all()) and 60 < int(mirrored.sum()) < 140
-    assert torch.equal(augmented(x, torch.Generator().manual_seed(0), flip=False), augmented(x, torch.Generator().manual_seed(0)))
+    plain = augmented(x, torch.Generator().manual_seed(0))
+    assert torch.equal(augmented(x, torch.Generator().manual_seed(0), flip=False), plain)  # MNIST's data unchanged
 
 
 def test_image_grid_with_row_labels(tmp_path):

@@ -251,7 +251,8 @@ def _coerce(key, old, new, where):
         return new
     if isinstance(old, float) and type(new) is int:
         return float(new)
-    raise SystemExit(f"error: {key} expects a {type(old).__name__} (default {old!r}), "
+    kinds = {'int': 'a whole number', 'float': 'a number', 'bool': 'True or False', 'str': 'a string'}
+    raise SystemExit(f"error: {key} expects {kinds.get(type(old).__name__, type(old).__name__)} (default {old!r}), "
                      f"got {type(new).__name__} {new!r} from {where}")
 
 

@@ -179,7 +179,7 @@ def test_clear_errors(work, tmp_path):
         (('train.py',), empty, 'run prepare.py first'),
         (('sample.py',), empty, 'no ckpt_{iter}.pt in out/vlm: run train.py first'),
         (('train.py', '--nope=1'), work, "unknown config key 'nope'"),
-        (('train.py', '--n_layer=two'), work, 'n_layer expects a int'),
+        (('train.py', '--n_layer=two'), work, 'n_layer expects a whole number'),
         (('train.py', '--init_from=resume', '--out_dir=out/none'), work, 'no checkpoint to resume at out/none/ckpt.pt'),
         (('sample.py', '--out_dir=out/none'), work, 'no ckpt_{iter}.pt in out/none: run train.py first'),
         (('vqvae.py', f'--idx_dir={tmp_path}', '--out_dir=out/v'), empty, 'idx_dir must hold the four MNIST files'),
@@ -188,7 +188,9 @@ def test_clear_errors(work, tmp_path):
     for args, cwd, message in cases:
         assert message in error_line(run_script(*args, cwd=cwd, check=False)), args
     # errors that need a trained model
-    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--out_dir=out/err', cwd=work)
+    # warm-up as long as the decay: the schedule ends at min_lr with no division by zero
+    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--warmup_iters=10', '--lr_decay_iters=10',
+               '--out_dir=out/err', cwd=work)
     (work / 'bad.png').write_bytes(b'')
     (work / 'noise.png').write_text('not an image')
     for args, message in [

@@ -48,8 +48,8 @@ def test_configure_overrides_and_types(tmp_path):
 @pytest.mark.parametrize('argv, message', [
     (['--nope=1'], "unknown config key 'nope'"),
     (['--CONSTANT=d'], "unknown config key 'CONSTANT'"),
-    (['--n=abc'], 'n expects a int'),
-    (['--flag=1'], 'flag expects a bool'),
+    (['--n=abc'], 'n expects a whole number'),
+    (['--flag=1'], 'flag expects True or False'),
     (['--n'], 'expected --key=value'),
     (['missing_config.py'], "config file 'missing_config.py' not found"),
 ])

@@ -206,6 +206,8 @@ CROSS = [  # rules over several settings of one script: (settings, rule taking t
     (('batch_size', 'gradient_accumulation_steps'), lambda b, s: None if b % s == 0 else
      f"batch_size ({b}) must be a multiple of gradient_accumulation_steps ({s})"),
     (('min_lr', 'learning_rate'), lambda lo, hi: None if lo <= hi else f"min_lr ({lo}) must be at most learning_rate ({hi})"),
+    (('warmup_iters', 'lr_decay_iters'), lambda w, d: None if w <= d else
+     f"warmup_iters ({w}) must be at most lr_decay_iters ({d}): the learning rate warms up, then decays"),
     (('device', 'dtype'), lambda d, t: "dtype 'float16' needs a GPU (device 'cuda' or 'mps'); use 'bfloat16' or "
      "'float32' on a CPU" if t == 'float16' and (d == 'cpu' or (d == 'auto' and not _has_gpu())) else None),
 ]
@@ -251,8 +253,8 @@ def _coerce(key, old, new, where):
         return new
     if isinstance(old, float) and type(new) is int:
         return float(new)
-    kinds = {'int': 'a whole number', 'float': 'a number', 'bool': 'True or False', 'str': 'a string'}
-    raise SystemExit(f"error: {key} expects {kinds.get(type(old).__name__, type(old).__name__)} (default {old!r}), "
+    kind = {int: 'a whole number', float: 'a number', bool: 'True or False', str: 'a string'}.get(type(old), type(old).__name__)
+    raise SystemExit(f"error: {key} expects {kind} (default {old!r}), "
                      f"got {type(new).__name__} {new!r} from {where}")
 
 

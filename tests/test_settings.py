@@ -125,6 +125,7 @@ CROSS = [
     ('train.py', ['--n_embd=100', '--n_head=3'], 'n_embd (100) must be a multiple of n_head (3)'),
     ('train.py', ['--batch_size=10', '--gradient_accumulation_steps=3'], 'must be a multiple of gradient_accumulation_steps'),
     ('train.py', ['--min_lr=0.1', '--learning_rate=0.01'], 'min_lr (0.1) must be at most learning_rate (0.01)'),
+    ('train.py', ['--max_iters=50', '--lr_decay_iters=50'], 'warmup_iters (100) must be at most lr_decay_iters (50)'),
     ('train.py', ['--device=cpu', '--dtype=float16'], "dtype 'float16' needs a GPU"),
 ]
 

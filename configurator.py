@@ -91,6 +91,15 @@ def levels(v):
         return f"whole numbers of 2 to 64 separated by commas, whose product (the codebook) is at most {MAX_CODES}"
 
 
+def shares(v):
+    try:
+        ws = [float(x) for x in str(v).split(',')]
+    except ValueError:
+        ws = []
+    if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or sum(ws) <= 0:
+        return 'numbers of at least 0 separated by commas, one per task, not all 0, like 1,3'
+
+
 def device(v):
     import torch
     kind, _, index = v.partition(':')
@@ -125,6 +134,7 @@ RULES = {
     'shift': number(0, 64),
     'rotate': number(0, 180),
     'scale': number(0, 1, hi_open=True),
+    'shares': shares,
     'block_size': lambda v: None if v == 0 or 8 <= v <= 65535 else '0 (as long as needed) or 8 to 65535',
     # the tokenizer
     'kind': one_of('conv', '1d', 'mlp'),

@@ -1,6 +1,6 @@
 """
 Turn a data set into text: every image is encoded by the tokenizer, its codes become characters, and
-each image becomes one sequence of one of the TASKS, chosen at random with a fixed seed:
+each image becomes one sequence of one of the TASKS, chosen at random with a fixed seed in the `shares` given:
 
     generation      number:7, image:ÀÁÆ...Ŀ.###        class:Ankle boot, image:ÀÁÆ...Ŀ.###
     classification  image:ÀÁÆ...Ŀ, number:7.###        image:ÀÁÆ...Ŀ, class:Ankle boot.###
@@ -41,14 +41,16 @@ rotate = 10.0                     # ... rotated up to this many degrees
 scale = 0.1                       # ... and scaled by up to 1 +- this;
 flip = False                      # ... and half of them mirrored left to right, for images whose mirror
                                   # image is as likely (not digits); sample.py then reads mirror images too
+shares = '1,1'                    # how the sequences divide among the TASKS, in their order: '1,3' makes
+                                  # a quarter of them generation and three quarters classification
 seed = 1337
 # -----------------------------------------------------------------------------
 
 PAD = '#'
 END = '.'
-TASKS = {  # name: (template, share of the training sequences); adding a task is adding a line
-    'generation': ('{key}:{label}, image:{image}' + END, 0.5),
-    'classification': ('image:{image}, {key}:{label}' + END, 0.5),
+TASKS = {  # name: template; adding a task is adding a line (and a number to shares)
+    'generation': '{key}:{label}, image:{image}' + END,
+    'classification': 'image:{image}, {key}:{label}' + END,
 }
 CODE_RANGES = ((0xC0, 0x530), (0x1E00, 0x2000), (0x4E00, 0xA000))  # Latin, Greek, Cyrillic letters; then CJK
 
@@ -87,7 +89,7 @@ class Codec:
         self.codebook_size, self.tokens_per_image, self.block_size = codebook_size, tokens_per_image, block_size
         self.grid = grid  # codes per side of a spatial grid in raster order (conv tokenizer); 0: tokens in no place
         self.rows = grid or tokens_per_image  # what completion keeps the first of: grid rows, else single tokens
-        self.tasks = tasks or {name: t.replace('{key}', key) for name, (t, _) in TASKS.items()}
+        self.tasks = tasks or {name: t.replace('{key}', key) for name, t in TASKS.items()}
         if vocab is None:
             pieces = set(p for t in self.tasks.values() for p in re.split(r'\{\w+\}', t) if p) | {PAD}
             clash = sorted(pieces & set(classes))
@@ -307,6 +309,12 @@ def draw_logo(codes, labels, codec, title, path):
 if __name__ == '__main__':
     from configurator import configure
     config = configure(globals())
+    task_names, weights = list(TASKS), [float(w) for w in shares.split(',')]
+    if len(weights) != len(TASKS):
+        raise SystemExit(f"error: shares={shares!r} is not allowed: shares must be {len(TASKS)} numbers, one per "
+                         f"task in order ({', '.join(TASKS)})")
+    bounds = np.cumsum(weights)
+    bounds /= bounds[-1]
     tok, tok_ckpt = load_tokenizer(tokenizer)
     splits, info = reload_dataset(tok_ckpt['dataset'], quiet=False)
     key, classes = info['key'], info['classes']
@@ -320,8 +328,6 @@ if __name__ == '__main__':
     dtype = np.uint16
     if codec.vocab_size > np.iinfo(dtype).max:
         raise SystemExit(f"error: a vocabulary of {codec.vocab_size} tokens does not fit uint16 token ids")
-    task_names = list(TASKS)
-    shares = np.cumsum([share for _, share in TASKS.values()])
     lock = lock_folder(data_dir, 'prepare.py')  # one prepare.py per data_dir
     counts, files, staged = {}, {}, []
 
@@ -346,7 +352,7 @@ if __name__ == '__main__':
                     progress.update(len(codes[-1]))
             codes = torch.cat(codes).numpy()
             labels = np.tile(labels, copies)
-            tasks = np.searchsorted(shares / shares[-1], rng.random(len(codes)), side='right')
+            tasks = np.searchsorted(bounds, rng.random(len(codes)), side='right')
             progress = Progress(f"{split}: writing", len(codes), 'sequences')
             lines, ids = [], np.zeros((len(codes), block_size), dtype=dtype)
             for i, (c, y, t) in enumerate(zip(codes, labels, tasks)):
@@ -377,6 +383,7 @@ if __name__ == '__main__':
                 codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
                 tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment,
                 moves=dict(shift=shift, rotate=rotate, scale=scale, flip=flip), splits=counts,
+                shares=dict(zip(task_names, weights)),
                 files=files)
     write_json(os.path.join(data_dir, 'meta.json'), meta)
     pieces = [t for t in codec.itos[:codec.code_offset] if t not in codec.classes]

@@ -238,8 +238,10 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     assert 'warning: skipped 1 unreadable image file' in p.stdout and '16x16 colour' in p.stdout
     ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
     assert ck['dataset']['classes'] == sorted(CLASSES) and ck['model_args']['channels'] == 3
-    run_script('prepare.py', '--augment=1', cwd=tmp_path)
+    run_script('prepare.py', '--augment=1', '--shares=1,3', cwd=tmp_path)
     meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
+    assert meta['shares'] == {'generation': 1.0, 'classification': 3.0}
+    assert 50 <= meta['splits']['train']['classification'] <= 70  # about 3/4 of 80
     assert meta['classes'] == sorted(CLASSES) and meta['key'] == 'class' and meta['tokens_per_image'] == 16
     assert meta['grid'] == 4  # 16x16 images, a conv tokenizer's 4x4 grid of codes
     lines = (tmp_path / 'data/vlm/train.txt').read_text(encoding='utf-8').splitlines()

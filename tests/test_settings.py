@@ -80,6 +80,9 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('prepare.py', 'block_size', 4, '0 (as long as needed) or 8 to 65535'),
     ('prepare.py', 'augment', -1, 'from 0 to 100'),
     ('prepare.py', 'scale', 1.0, 'less than 1'),
+    ('prepare.py', 'shares', '1,-1', 'numbers of at least 0 separated by commas'),
+    ('prepare.py', 'shares', '0,0', 'not all 0'),
+    ('prepare.py', 'shares', 'x', 'one per task'),
     ('train.py', 'init_from', 'gpt2', "one of 'scratch', 'resume'"),
     ('train.py', 'data_dir', '', 'a path'),
     ('train.py', 'eval_interval', 0, 'a positive whole number'),
@@ -168,6 +171,7 @@ def snapshot(folder):
     ('sample.py', '--temperature=-1'),
     ('vqvae.py', '--levels=5,,5'),
     ('prepare.py', '--augment=1.5'),
+    ('prepare.py', '--shares=1,2,3'),
     ('vqvae.py', '--dataset=nowhere'),
 ])
 def test_bad_settings_end_to_end(args, tmp_path):

@@ -131,10 +131,10 @@ def browser():
 def test_page_in_a_real_browser(server, tmp_path):
     """Draw a stroke on the canvas and see one probability per class; ask for a class and see its
     images; complete a test image."""
+    driver = browser()  # first: without selenium it skips (outside CI) rather than fail on an import
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
-    driver = browser()
     try:
         wait = WebDriverWait(driver, 60)
         driver.get(f'http://127.0.0.1:{server}/')

@@ -253,29 +253,34 @@ class Muon(torch.optim.Optimizer):
 
     @staticmethod
     def orthogonalize(g, steps, dtype):
-        """About U V^T for g = U S V^T: a quintic Newton-Schulz iteration whose coefficients maximise the
-        slope at 0 (Jordan et al.), so that a few steps take every singular value to about 0.7..1.2."""
+        """About U V^T for each g = U S V^T of a stack (..., rows, cols): a quintic Newton-Schulz iteration whose
+        coefficients maximise the slope at 0 (Jordan et al.), so that a few steps take every singular value
+        to about 0.7..1.2."""
         a, b, c = 3.4445, -4.7750, 2.0315
-        x = g.to(dtype)
-        tall = x.size(0) > x.size(1)
-        x = x.T if tall else x  # so that x x^T is the smaller square
-        x = x / x.norm().clamp_min(1e-7)  # spectral norm <= Frobenius norm = 1
+        x = g.to(dtype).reshape(-1, *g.shape[-2:])  # one matrix or a stack of them
+        tall = x.size(-2) > x.size(-1)
+        x = x.mT if tall else x  # so that x x^T is the smaller square
+        x = x / x.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-7)  # spectral norm <= Frobenius norm = 1
         for _ in range(steps):
-            xxt = x @ x.T
-            x = torch.addmm(x, torch.addmm(xxt, xxt, xxt, beta=b, alpha=c), x, beta=a)
-        return x.T if tall else x
+            xxt = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(xxt, xxt, xxt, beta=b, alpha=c), x, beta=a)
+        return (x.mT if tall else x).reshape(g.shape)
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            shapes = {}  # matrices of one shape are orthogonalized together: a CPU pays per call at these sizes
             for p in group['params']:
                 if p.grad is None:
                     continue
                 buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
                 buf.lerp_(p.grad, 1 - group['momentum'])
-                update = self.orthogonalize(p.grad.lerp(buf, group['momentum']), group['ns_steps'], self.dtype)
-                p.mul_(1 - group['lr'] * group['weight_decay'])
-                p.add_(update.to(p.dtype), alpha=-group['lr'] * 0.2 * math.sqrt(max(p.shape)))
+                shapes.setdefault(p.shape, []).append((p, p.grad.lerp(buf, group['momentum'])))
+            for pairs in shapes.values():
+                updates = self.orthogonalize(torch.stack([g for _, g in pairs]), group['ns_steps'], self.dtype)
+                for (p, _), update in zip(pairs, updates):
+                    p.mul_(1 - group['lr'] * group['weight_decay'])
+                    p.add_(update.to(p.dtype), alpha=-group['lr'] * 0.2 * math.sqrt(max(p.shape)))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGP
 Every batch row is one whole sequence starting at its start. At every evaluation the validation loss
 and the accuracy of reading the class of val images are printed, and the model is saved as
 ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) and ckpt.pt (everything
-needed to resume with --init_from=resume).
+needed to resume with --init_from=resume). The weights evaluated and saved are an exponential moving
+average of the trained ones (ema).
 """
+import copy
 import math
 import os
 import time
@@ -55,6 +57,9 @@ weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0                # 0 disables
+ema = 0.999                    # evaluate and save a moving average of the weights, decay min(ema, (1+t)/(10+t)) at
+                               # iteration t as TensorFlow's ExponentialMovingAverage (Polyak & Juditsky 1992): it
+                               # reads better than the last weights (README); 0 = the last weights
 # learning rate: linear warm-up, then cosine decay to min_lr
 decay_lr = True
 warmup_iters = 100
@@ -143,12 +148,15 @@ if init_from == 'resume':
     print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
 model = GPT(GPTConfig(**model_args))
 if init_from == 'resume':
-    model.load_state_dict(checkpoint['model'])
+    model.load_state_dict(checkpoint.get('trained', checkpoint['model']))  # 'model' holds the average
     iter_num = checkpoint['iter_num']
     run = checkpoint.get('run', run)
 elif embed_codes:
     model.code_features.copy_(code_features)
 model.to(device)
+averaged = copy.deepcopy(model) if ema else model  # what is evaluated and saved; float32 as the weights
+if ema and init_from == 'resume':
+    averaged.load_state_dict(checkpoint['model'])
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon, dtype)
 if init_from == 'resume':
@@ -177,21 +185,22 @@ if master:
 
 @torch.no_grad()
 def evaluate():
-    """Mean loss over eval_iters fixed batches of each split, and val reading accuracy."""
-    raw_model.eval()  # the unwrapped model: only this process evaluates, so no DDP collectives
+    """Mean loss over eval_iters fixed batches of each split, and val reading accuracy, of the averaged
+    weights (the unwrapped model when ema is 0: only this process evaluates, so no DDP collectives)."""
+    averaged.eval()
     out = {}
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
             X, Y, _ = get_batch(split, -1 - k)
             with ctx:
-                _, loss = raw_model(X, Y)
+                _, loss = averaged(X, Y)
             losses[k] = loss.item()
         out[split] = losses.mean().item()
     with ctx:
-        probs = raw_model.next_token_probs(val_prompts, codec.label_ids)
+        probs = averaged.next_token_probs(val_prompts, codec.label_ids)
     out['val_accuracy'] = (probs.argmax(1) == val_labels).float().mean().item()
-    raw_model.train()
+    averaged.train()
     return out
 
 
@@ -225,8 +234,9 @@ while True:
               f"val accuracy {ev['val_accuracy']:.4f} [{elapsed:.0f}s]", flush=True)
         info = dict(run=run, iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
                     val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
-        save_checkpoint(dict(model=raw_model.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
-        save_checkpoint(dict(model=raw_model.state_dict(), optimizer=[opt.state_dict() for opt in optimizers],
+        save_checkpoint(dict(model=averaged.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
+        trained = dict(trained=raw_model.state_dict()) if ema else {}
+        save_checkpoint(dict(model=averaged.state_dict(), **trained, optimizer=[opt.state_dict() for opt in optimizers],
                              rng_state=torch.get_rng_state(), **info),
                         os.path.join(out_dir, 'ckpt.pt'))
     if iter_num >= max_iters:
@@ -250,6 +260,11 @@ while True:
         scaler.step(opt)
         opt.zero_grad(set_to_none=True)
     scaler.update()
+    if ema and master:  # the ramp keeps the first, random weights from lingering in the average
+        decay = min(ema, (1 + iter_num) / (10 + iter_num))
+        with torch.no_grad():
+            for a, p in zip(averaged.parameters(), raw_model.parameters()):
+                a.lerp_(p, 1 - decay)
 
     iter_num += 1
     if iter_num % log_interval == 0 and master:

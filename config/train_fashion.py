@@ -7,6 +7,6 @@ learning_rate = 6e-3  # reads better than the default 3e-3 at the same iteration
 min_lr = 6e-4
 # the whole pipeline within 20 minutes on 2 CPU cores, trained as two processes of one core each (README):
 # torchrun --standalone --nproc_per_node=2 train.py config/train_fashion.py
-max_iters = 4200
-lr_decay_iters = 4200
-eval_interval = 2100  # each checkpoint costs sample.py a reading of the test set
+max_iters = 5000
+lr_decay_iters = 5000
+eval_interval = 2500  # each checkpoint costs sample.py a reading of the test set

@@ -129,6 +129,8 @@ def test_resume_continues_exactly(work):
     a = torch.load(work / 'out/straight/ckpt_40.pt', weights_only=True)['model']
     b = torch.load(work / 'out/resumed/ckpt_40.pt', weights_only=True)['model']
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    ck = torch.load(work / 'out/resumed/ckpt.pt', weights_only=True)  # the average is saved, the trained weights kept
+    assert ck['trained'].keys() == a.keys() and not all(torch.equal(ck['trained'][k], a[k]) for k in a)
     runs = [torch.load(work / f'out/resumed/ckpt_{i}.pt', weights_only=True)['run'] for i in (20, 40)]
     assert runs[0] == runs[1]  # a resumed run is the same run
     p = run_script('train.py', *TINY, '--max_iters=60', '--eval_interval=20', '--out_dir=out/resumed', '--init_from=resume',

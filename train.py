@@ -70,7 +70,7 @@ backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
 device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'                 # 'auto' = bfloat16 where it is faster than float32 here (common.fast_bf16), else
                                # float32; or 'float16'
-compile = False                # torch.compile the model (it did not pay on a 2-core CPU)
+compile = False                # torch.compile the model: it pays on some CPUs, not on others (README, performance)
 seed = 1337
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402

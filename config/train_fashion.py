@@ -7,6 +7,7 @@ learning_rate = 6e-3  # reads better than the default 3e-3 at the same iteration
 min_lr = 6e-4
 # the whole pipeline within 20 minutes on 2 CPU cores, trained as two processes of one core each (README):
 # torchrun --standalone --nproc_per_node=2 train.py config/train_fashion.py
-max_iters = 5000
-lr_decay_iters = 5000
-eval_interval = 2500  # each checkpoint costs sample.py a reading of the test set
+max_iters = 6000
+lr_decay_iters = 6000
+eval_interval = 3000  # each checkpoint costs sample.py a reading of the test set
+compile = True        # faster steps on the AMX Xeon of the results, slower ones on the Zen 4: False there (README)

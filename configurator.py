@@ -173,6 +173,7 @@ RULES = {
     'beta2': number(0, 1, hi_open=True),
     'grad_clip': number(0),
     'ema': number(0, 1, hi_open=True),
+    'tail_average': number(0, 1),
     'warmup_iters': integer(0),
     'lr_decay_iters': integer(1),
     'min_lr': number(0, 10),

@@ -13,7 +13,7 @@ Every batch row is one whole sequence starting at its start. At every evaluation
 and the accuracy of reading the class of val images are printed, and the model is saved as
 ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) and ckpt.pt (everything
 needed to resume with --init_from=resume). The weights evaluated and saved are an exponential moving
-average of the trained ones (ema).
+average of the trained ones (ema), and over the last tail_average of training their plain mean.
 """
 import copy
 import math
@@ -60,6 +60,8 @@ grad_clip = 1.0                # 0 disables
 ema = 0.999                    # evaluate and save a moving average of the weights, decay min(ema, (1+t)/(10+t)) at
                                # iteration t as TensorFlow's ExponentialMovingAverage (Polyak & Juditsky 1992): it
                                # reads better than the last weights (README); 0 = the last weights
+tail_average = 0.0             # over the last this fraction of max_iters, the plain mean of the weights instead, restarted
+                               # there (stochastic weight averaging, Izmailov et al. 2018): it reads better (README)
 # learning rate: linear warm-up, then cosine decay to min_lr
 decay_lr = True
 warmup_iters = 100
@@ -154,8 +156,10 @@ if init_from == 'resume':
 elif embed_codes:
     model.code_features.copy_(code_features)
 model.to(device)
-averaged = copy.deepcopy(model) if ema else model  # what is evaluated and saved; float32 as the weights
-if ema and init_from == 'resume':
+averaging = bool(ema or tail_average)
+tail_start = max_iters - round(tail_average * max_iters)  # the plain mean: of the weights after each step past this
+averaged = copy.deepcopy(model) if averaging else model  # what is evaluated and saved; float32 as the weights
+if averaging and init_from == 'resume':
     averaged.load_state_dict(checkpoint['model'])
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon, dtype)
@@ -186,7 +190,7 @@ if master:
 @torch.no_grad()
 def evaluate():
     """Mean loss over eval_iters fixed batches of each split, and val reading accuracy, of the averaged
-    weights (the unwrapped model when ema is 0: only this process evaluates, so no DDP collectives)."""
+    weights (the unwrapped model without averaging: only this process evaluates, so no DDP collectives)."""
     averaged.eval()
     out = {}
     for split in ('train', 'val'):
@@ -235,7 +239,7 @@ while True:
         info = dict(run=run, iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
                     val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
         save_checkpoint(dict(model=averaged.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
-        trained = dict(trained=raw_model.state_dict()) if ema else {}
+        trained = dict(trained=raw_model.state_dict()) if averaging else {}
         save_checkpoint(dict(model=averaged.state_dict(), **trained, optimizer=[opt.state_dict() for opt in optimizers],
                              rng_state=torch.get_rng_state(), **info),
                         os.path.join(out_dir, 'ckpt.pt'))
@@ -260,8 +264,10 @@ while True:
         scaler.step(opt)
         opt.zero_grad(set_to_none=True)
     scaler.update()
-    if ema and master:  # the ramp keeps the first, random weights from lingering in the average
-        decay = min(ema, (1 + iter_num) / (10 + iter_num))
+    if averaging and master:
+        n = iter_num + 1 - tail_start  # weights in the plain mean, this step's included (< 1: before the tail)
+        # the ramp keeps the first, random weights from lingering in the moving average
+        decay = 1 - 1 / n if n >= 1 else min(ema, (1 + iter_num) / (10 + iter_num))
         with torch.no_grad():
             for a, p in zip(averaged.parameters(), raw_model.parameters()):
                 a.lerp_(p, 1 - decay)

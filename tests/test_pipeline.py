@@ -138,6 +138,17 @@ def test_resume_continues_exactly(work):
     assert error_line(p) == "error: out/resumed/ckpt.pt was trained with muon=True: resume with that setting"
 
 
+def test_tail_average_is_the_mean_of_the_last_weights(work):
+    """With tail_average, the weights saved at the end are the plain mean of those after each of the last steps."""
+    run_script('train.py', *TINY, '--max_iters=4', '--eval_interval=1', '--ema=0', '--out_dir=out/last', cwd=work)
+    run_script('train.py', *TINY, '--max_iters=4', '--eval_interval=4', '--ema=0', '--tail_average=0.5',
+               '--out_dir=out/tail', cwd=work)
+    w3, w4, mean = (torch.load(work / f'out/{d}/ckpt_{i}.pt', weights_only=True)['model']
+                    for d, i in (('last', 3), ('last', 4), ('tail', 4)))
+    assert not all(torch.equal(w3[k], w4[k]) for k in w3)
+    assert all(torch.allclose(mean[k], (w3[k] + w4[k]) / 2, atol=1e-6) for k in mean)
+
+
 def test_killed_run_resumes(work):
     """SIGKILL a real training process part way; the checkpoint it left loads and training resumes."""
     out = work / 'out/killed'

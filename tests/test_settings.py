@@ -102,6 +102,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('train.py', 'beta1', 1.0, 'less than 1'),
     ('train.py', 'grad_clip', -1, 'at least 0'),
     ('train.py', 'ema', 1.0, 'at least 0 and less than 1'),
+    ('train.py', 'tail_average', 1.5, 'at least 0 and at most 1'),
     ('train.py', 'lr_decay_iters', 0, 'a positive whole number'),
     ('train.py', 'min_lr', -1e-4, 'at least 0'),
     ('train.py', 'backend', 'tcp', "one of '', 'gloo', 'nccl', 'mpi'"),

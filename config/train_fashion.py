@@ -11,4 +11,4 @@ max_iters = 6000
 lr_decay_iters = 6000
 eval_interval = 3000  # each checkpoint costs sample.py a reading of the test set
 compile = True        # faster steps on the AMX Xeon of the results, slower ones on the Zen 4: False there (README)
-tail_average = 1/6    # the plain mean of the last 1,000 iterations' weights reads better than the moving average (README)
+tail_average = 1/6    # the plain mean of the last 1,000 iterations' weights, not the moving average (README)

@@ -158,7 +158,8 @@ elif embed_codes:
     model.code_features.copy_(code_features)
 model.to(device)
 averaging = bool(ema or tail_average)
-tail_start = max_iters - round(tail_average * max_iters)  # the plain mean: of the weights after each step past this
+# the plain mean: of the weights after each step past tail_start (at least the last step's, however small the fraction)
+tail_start = max_iters - (max(1, round(tail_average * max_iters)) if tail_average else 0)
 averaged = copy.deepcopy(model) if averaging else model  # what is evaluated and saved; float32 as the weights
 if averaging and init_from == 'resume':
     averaged.load_state_dict(checkpoint['model'])

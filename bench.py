@@ -28,9 +28,15 @@ import time
 
 import torch
 
-from common import check_tokenizer, load_images, load_meta, load_model, load_split, matmul_rate, pick_device, pick_dtype
-from prepare import Codec
-from sample import generate_images, mirrored, read_labels
+from tinyvlm import Error
+from tinyvlm.checkpoints import check_tokenizer, load_model
+from tinyvlm.configurator import configure
+from tinyvlm.inference import generate_images, mirrored, read_labels
+from tinyvlm.plumbing import matmul_rate, pick_device, pick_dtype, start_script
+from tinyvlm.prepared import load_images, load_meta, load_split
+from tinyvlm.sequences import Codec
+
+start_script()  # errors the user can fix end in one line
 
 # -----------------------------------------------------------------------------
 device = 'auto'
@@ -50,7 +56,6 @@ pipeline = False               # also run the whole default pipeline (minutes) a
 idx_dir = ''                   # MNIST for the pipeline: see vqvae.py
 seed = 1337
 # -----------------------------------------------------------------------------
-from configurator import configure  # noqa: E402
 configure(globals())
 device = pick_device(device)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,7 +127,7 @@ def train_throughput(cfg, procs):
                '--eval_interval=100000', '--eval_iters=1', '--eval_classify=10', f'--device={device}']
         p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
-        raise SystemExit(f"error: train.py failed for {cfg} on {procs} process(es): {p.stderr.strip().splitlines()[-1]}")
+        raise Error(f"train.py failed for {cfg} on {procs} process(es): {p.stderr.strip().splitlines()[-1]}")
     tokens = int(re.search(r'([\d,]+) tokens per iteration', p.stdout).group(1).replace(',', ''))
     mflop = float(re.search(r'([\d.]+) MFLOP per token', p.stdout).group(1))
     params = int(re.search(r'([\d,]+) parameters', p.stdout).group(1).replace(',', ''))
@@ -159,7 +164,7 @@ def sampling():
 
 
 def whole_pipeline():
-    """The four scripts with their defaults, here, as the README's first command runs them (their
+    """The four scripts with their defaults, here, as a user runs them (their
     outputs replace out/vqvae, data/vlm and out/vlm, which the sampling figures then use)."""
     total = 0.0
     for script, args in (('vqvae.py', [f'--idx_dir={os.path.abspath(idx_dir)}'] if idx_dir else []),
@@ -169,7 +174,7 @@ def whole_pipeline():
         p = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True)
         dt = time.perf_counter() - t
         if p.returncode:
-            raise SystemExit(f"error: {script} failed in the pipeline: {p.stderr.strip().splitlines()[-1]}")
+            raise Error(f"{script} failed in the pipeline: {p.stderr.strip().splitlines()[-1]}")
         total += dt
         report(f'pipeline_{script[:-3]}', [dt], 's')
     ev = json.load(open(os.path.join('out', 'vlm', 'eval.json')))

@@ -1,7 +1,7 @@
 """
 Train the multimodal GPT on the sequences prepare.py wrote. One process:
 
-    python train.py                                   # the default: a small model (README: time on 2 CPU cores)
+    python train.py                                   # the default: a small model that trains in minutes on a CPU
     python train.py config/train_mnist_vlm_seed.py    # the published setting (14M parameters)
 
 Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGPT:
@@ -24,13 +24,18 @@ import torch
 from torch.distributed import barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (autocast, check_data, data_signature, load_array, load_checkpoint, load_meta, load_split,
-                    lock_folder, pick_device, pick_dtype, save_checkpoint)
-from model import GPT, GPTConfig
-from prepare import PAD, Codec, label_targets, training_pairs
+from tinyvlm import Error
+from tinyvlm.checkpoints import load_checkpoint, save_checkpoint
+from tinyvlm.configurator import configure
+from tinyvlm.gpt import GPT, GPTConfig
+from tinyvlm.plumbing import autocast, lock_folder, pick_device, pick_dtype, start_script
+from tinyvlm.prepared import check_data, data_signature, load_array, load_meta, load_split
+from tinyvlm.sequences import PAD, Codec, label_targets, training_pairs
+
+start_script()  # errors the user can fix end in one line
 
 # -----------------------------------------------------------------------------
-# default config values: a small model that trains in minutes on a 2-core CPU
+# default config values: a small model that trains in minutes on a CPU
 out_dir = 'out/vlm'
 data_dir = 'data/vlm'
 init_from = 'scratch'          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
@@ -48,7 +53,7 @@ label_weight = 10.0            # loss weight of the class name's tokens: a label
                                # with 1 (plain next-token loss) reading gets little of the gradient
 embed_codes = True             # image-code embeddings share structure through the codes' features (GPT.embeddings)
 # optimizer: AdamW, and Muon for the blocks' matrices
-muon = True                    # model.Muon: the same loss in fewer iterations than AdamW alone (README)
+muon = True                    # gpt.Muon: the same loss in fewer iterations than AdamW alone
 batch_size = 128               # sequences per optimizer step, over all processes and micro-steps
 gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
 learning_rate = 3e-3
@@ -59,10 +64,9 @@ beta2 = 0.99
 grad_clip = 1.0                # 0 disables
 ema = 0.999                    # evaluate and save a moving average of the weights, decay min(ema, (1+t)/(10+t)) at
                                # iteration t as TensorFlow's ExponentialMovingAverage (Polyak & Juditsky 1992): it
-                               # reads better than the last weights (README); 0 = the last weights
+                               # reads better than the last weights; 0 = the last weights
 tail_average = 0.0             # over the last this fraction of max_iters, the plain mean of the weights instead, restarted
-                               # there (stochastic weight averaging, Izmailov et al. 2018): on Fashion-MNIST as good or a
-                               # little better (README)
+                               # there (stochastic weight averaging, Izmailov et al. 2018)
 # learning rate: linear warm-up, then cosine decay to min_lr
 decay_lr = True
 warmup_iters = 100
@@ -71,12 +75,11 @@ min_lr = 3e-4                  # about learning_rate / 10
 # system
 backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
 device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'                 # 'auto' = bfloat16 where it is faster than float32 here (common.fast_bf16), else
+dtype = 'auto'                 # 'auto' = bfloat16 where it is faster than float32 here (plumbing.fast_bf16), else
                                # float32; or 'float16'
-compile = False                # torch.compile the model: it pays on some CPUs, not on others (README, performance)
+compile = False                # torch.compile the model: faster steps on some CPUs, slower on others
 seed = 1337
 # -----------------------------------------------------------------------------
-from configurator import configure  # noqa: E402
 config = configure(globals())
 
 # processes and devices
@@ -87,8 +90,8 @@ if ddp:
     rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         if int(os.environ.get('LOCAL_WORLD_SIZE', 1)) > torch.cuda.device_count():
-            raise SystemExit(f"error: torchrun started {os.environ['LOCAL_WORLD_SIZE']} processes here, one per GPU, but "
-                             f"this machine has {torch.cuda.device_count()}: use --nproc_per_node={torch.cuda.device_count()}")
+            raise Error(f"torchrun started {os.environ['LOCAL_WORLD_SIZE']} processes here, one per GPU, but this machine "
+                        f"has {torch.cuda.device_count()}: use --nproc_per_node={torch.cuda.device_count()}")
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
     else:  # share the cores between the processes on this machine
@@ -98,8 +101,8 @@ else:
 master = rank == 0
 micro_batch = batch_size // (world_size * gradient_accumulation_steps)
 if micro_batch * world_size * gradient_accumulation_steps != batch_size:
-    raise SystemExit(f"error: batch_size {batch_size} must divide into {world_size} processes x "
-                     f"{gradient_accumulation_steps} accumulation steps")
+    raise Error(f"batch_size {batch_size} must divide into {world_size} processes x {gradient_accumulation_steps} "
+                f"accumulation steps")
 if master:  # one run per out_dir: a second train.py there is refused rather than interleaving checkpoints
     lock = lock_folder(out_dir, 'train.py')
 device_type = 'cuda' if device.startswith('cuda') else device
@@ -137,23 +140,22 @@ def get_batch(split, it):
 iter_num = 0
 run = f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}"  # tells this run's ckpt_{iter}.pt from older ones in out_dir
 if embed_codes:
-    path = os.path.join(data_dir, 'code_features.npy')
     code_features = torch.from_numpy(load_array(data_dir, 'code_features.npy', meta))
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=meta['block_size'],
                   bias=bias, vocab_size=codec.vocab_size, dropout=dropout, code_offset=codec.code_offset,
                   code_features=code_features.size(1) if embed_codes else 0)
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-    checkpoint = load_checkpoint(ckpt_path, 'checkpoint to resume', 'train without --init_from=resume first')
+    checkpoint = load_checkpoint(ckpt_path, 'checkpoint to resume', 'train.py', ('model', 'optimizer', 'iter_num'))
     check_data(checkpoint, meta, ckpt_path, data_dir)
     for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'code_offset', 'code_features'):
         model_args[k] = checkpoint['model_args'][k]
     print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
 model = GPT(GPTConfig(**model_args))
 if init_from == 'resume':
-    model.load_state_dict(checkpoint.get('trained', checkpoint['model']))  # 'model' holds the average
+    model.load_state_dict(checkpoint['trained'] if 'trained' in checkpoint else checkpoint['model'])  # 'model': the average
     iter_num = checkpoint['iter_num']
-    run = checkpoint.get('run', run)
+    run = checkpoint['run']
 elif embed_codes:
     model.code_features.copy_(code_features)
 model.to(device)
@@ -167,9 +169,8 @@ scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon, dtype)
 if init_from == 'resume':
     states = checkpoint['optimizer']
-    states = states if isinstance(states, list) else [states]  # saved before Muon: one AdamW
     if len(states) != len(optimizers):
-        raise SystemExit(f"error: {ckpt_path} was trained with muon={len(states) > 1}: resume with that setting")
+        raise Error(f"{ckpt_path} was trained with muon={len(states) > 1}: resume with that setting")
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
     if master:
@@ -233,8 +234,8 @@ while True:
     if master and iter_num > iter_start and (iter_num % eval_interval == 0 or iter_num == max_iters):
         ev = evaluate()
         if not all(math.isfinite(v) for v in ev.values()):
-            raise SystemExit(f"error: loss is not finite at iteration {iter_num} ({ev}); the last good "
-                             f"checkpoint is kept in {out_dir}: lower learning_rate or raise warmup_iters")
+            raise Error(f"loss is not finite at iteration {iter_num} ({ev}); the last good checkpoint is kept in "
+                        f"{out_dir}: lower learning_rate or raise warmup_iters")
         elapsed = time.time() - t_start
         print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}, "
               f"val accuracy {ev['val_accuracy']:.4f} [{elapsed:.0f}s]", flush=True)
@@ -278,13 +279,13 @@ while True:
     if iter_num % log_interval == 0 and master:
         lossf = loss.item() * gradient_accumulation_steps
         if not math.isfinite(lossf):
-            raise SystemExit(f"error: loss is not finite ({lossf}) at iteration {iter_num}; the last good checkpoint "
-                             f"is kept in {out_dir}: lower learning_rate or raise warmup_iters")
+            raise Error(f"loss is not finite ({lossf}) at iteration {iter_num}; the last good checkpoint is kept in "
+                        f"{out_dir}: lower learning_rate or raise warmup_iters")
         dt = (time.time() - t0) / log_interval
         t0 = time.time()
         print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tokens/s, lr {lr:.2e}", flush=True)
 
-if ddp:  # leave together: a process that tears down gloo while rank 0 still saves can abort (seen once in CI)
+if ddp:  # leave together: a process that tears down gloo while rank 0 still saves can abort
     barrier()
     destroy_process_group()

@@ -5,18 +5,17 @@ data set's training split with early stopping on its validation split, and repor
     python vqvae.py                              # MNIST: a 7x7 grid of codes from 125 (FSQ 5,5,5)
     python vqvae.py --idx_dir=../shared/mnist    # no network: take the IDX files from a local folder
     python vqvae.py --dataset=fashion --idx_dir=../shared/fashion-mnist
-    python vqvae.py --dataset=path/to/my_images  # a folder of class folders (see dataset.py)
+    python vqvae.py --dataset=path/to/my_images  # a folder of class folders (see tinyvlm/datasets.py)
     python vqvae.py config/vqvae_seed.py         # the published MLP tokenizer: 8 tokens from 26 codes
     python vqvae.py --kind=1d --tokens_per_image=16          # 16 tokens in no place (TiTok)
     python vqvae.py --grid=4 --stages=2 --levels=8,5,5,5     # a 4x4 grid, then its detail (residual FSQ)
 
 FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and needs no
 auxiliary losses. Binary cross-entropy needs the decoder's output bias to start at the mean pixel's
-logit and a learning-rate warm-up: without them every image can get the same code (see the README).
-The checkpoint carries the data set (dataset.load_dataset's info), so prepare.py, train.py and
-sample.py need not be told it again.
+logit and a learning-rate warm-up: without them every image can get the same code. The checkpoint
+carries the data set (datasets.load_dataset's info), so prepare.py, train.py and sample.py need not
+be told it again.
 """
-import json
 import math
 import os
 import time
@@ -25,14 +24,19 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common import Progress, atomic_write, autocast, pick_device, pick_dtype, save_checkpoint
-from dataset import as_float, load_dataset, save_image_grid
-from model import VQVAE
+from tinyvlm.checkpoints import save_checkpoint
+from tinyvlm.configurator import configure, parse_levels
+from tinyvlm.datasets import load_dataset
+from tinyvlm.images import as_float, save_image_grid
+from tinyvlm.plumbing import Progress, autocast, pick_device, pick_dtype, start_script, write_json
+from tinyvlm.tokenizers import make_tokenizer
+
+start_script()  # errors the user can fix end in one line
 
 # -----------------------------------------------------------------------------
 # default config values: a convolutional tokenizer with finite scalar quantisation (FSQ)
 out_dir = 'out/vqvae'      # the checkpoint (ckpt.pt), metrics.json and reconstructions.png go here
-dataset = 'mnist'          # 'mnist', 'fashion', or a folder of class folders (see dataset.py)
+dataset = 'mnist'          # 'mnist', 'fashion', or a folder of class folders (see tinyvlm/datasets.py)
 idx_dir = ''               # mnist/fashion: a folder holding the four IDX .gz files; '' = download from the mirrors
 image_size = 0             # images are resized to image_size x image_size; 0 = the data set's own (28 for MNIST)
 kind = 'conv'              # 'conv': a grid x grid map of codes; '1d': tokens_per_image latent tokens (TiTok);
@@ -58,7 +62,7 @@ patience = 5               # early stopping: epochs without a better validation 
 kmeans_samples = 10000     # vq: encoder outputs of this many training images initialise the codebook
 seed = 1337
 device = 'auto'            # 'auto' picks cuda, then mps, then cpu
-dtype = 'auto'             # training: bfloat16 autocast where faster here (common.fast_bf16), else float32
+dtype = 'auto'             # training: bfloat16 autocast where faster here (plumbing.fast_bf16), else float32
 # -----------------------------------------------------------------------------
 
 
@@ -75,85 +79,82 @@ def tokenizer_metrics(tok, images):
                 codes_used=int((counts > 0).sum()), dead_codes=int((counts == 0).sum()))
 
 
-if __name__ == '__main__':
-    from configurator import configure
-    config = configure(globals())
-    device = pick_device(device)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
-    splits, info = load_dataset(dataset, idx_dir, image_size)
-    train, val, test = (as_float(splits[s][0], device) for s in ('train', 'val', 'test'))
+config = configure(globals())
+device = pick_device(device)
+torch.manual_seed(seed)
+g = torch.Generator().manual_seed(seed)
+t0 = time.time()
+splits, info = load_dataset(dataset, idx_dir, image_size)
+train, val, test = (as_float(splits[s][0], device) for s in ('train', 'val', 'test'))
 
-    try:
-        levels_ = tuple(int(v) for v in str(levels).split(','))
-    except ValueError:
-        raise SystemExit(f"error: levels must be integers separated by commas, like 8,5,5,5; got {levels!r}")
-    tok = VQVAE(kind=kind, quantizer=quantizer, image_size=info['image_size'], channels=info['channels'], hidden=hidden,
-                latent_dim=latent_dim, tokens_per_image=tokens_per_image, codebook_size=codebook_size, beta=beta,
-                levels=levels_, grid=grid, loss=loss, depth=depth, stages=stages, latent_norm=latent_norm).to(device)
-    if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
-        with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
-            mean = train.mean().item()
-            tok.output_bias().fill_(math.log(mean / (1 - mean)))
-    if quantizer == 'vq':
-        with torch.no_grad():  # k-means initialisation of the codebook on the untrained encoder's outputs
-            sample = train[torch.randperm(len(train), generator=g)[:kmeans_samples].to(device)]
-            z = tok.encode_latents(sample)
-            tok.quantizer.init_kmeans(z.reshape(-1, z.size(-1)).cpu(), generator=g)
-    print(f"{kind} tokenizer, {quantizer}: {tok.tokens_per_image} tokens per image from {tok.codebook_size} codes, "
-          f"{sum(p.numel() for p in tok.parameters()):,} parameters", flush=True)
-    optimizer = torch.optim.Adam(tok.parameters(), lr=learning_rate)
-    dtype = pick_dtype(device, dtype)
-    ctx = autocast(device, dtype)
+tok = make_tokenizer(kind=kind, quantizer=quantizer, image_size=info['image_size'], channels=info['channels'],
+                     hidden=hidden, latent_dim=latent_dim, tokens_per_image=tokens_per_image, codebook_size=codebook_size,
+                     beta=beta, levels=parse_levels(levels), grid=grid, loss=loss, depth=depth, stages=stages,
+                     latent_norm=latent_norm).to(device)
+if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
+    with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
+        mean = train.mean().item()
+        tok.output_bias().fill_(math.log(mean / (1 - mean)))
+if quantizer == 'vq':
+    with torch.no_grad():  # k-means initialisation of the codebook on the untrained encoder's outputs
+        sample = train[torch.randperm(len(train), generator=g)[:kmeans_samples].to(device)]
+        z = tok.encode_latents(sample)
+        tok.quantizer.init_kmeans(z.reshape(-1, z.size(-1)).cpu(), generator=g)
+print(f"{kind} tokenizer, {quantizer}: {tok.tokens_per_image} tokens per image from {tok.codebook_size} codes, "
+      f"{sum(p.numel() for p in tok.parameters()):,} parameters", flush=True)
+optimizer = torch.optim.Adam(tok.parameters(), lr=learning_rate)
+dtype = pick_dtype(device, dtype)
+ctx = autocast(device, dtype)
 
-    @torch.no_grad()
-    def val_loss():
-        tok.eval()
-        with ctx:
-            vl = sum(tok(val[i:i + 2000])[2].item() * len(val[i:i + 2000]) for i in range(0, len(val), 2000)) / len(val)
-        tok.train()
-        return vl
 
-    best, best_state, bad_epochs, step = float('inf'), None, 0, 0
-    batches = math.ceil(len(train) / batch_size)
-    for epoch in range(max(max_epochs, math.ceil(min_iters / batches))):
-        tok.train()
-        perm = torch.randperm(len(train), generator=g).to(device)
-        progress = Progress(f"epoch {epoch + 1}", batches, 'batches')
-        for i in range(0, len(train), batch_size):
-            for group in optimizer.param_groups:
-                group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
-            with ctx:
-                _, _, batch_loss = tok(train[perm[i:i + batch_size]])
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            optimizer.step()
-            step += 1
-            progress.update()
-        vl = val_loss()
-        if vl < best - 1e-6:
-            best, bad_epochs = vl, 0
-            best_state = {k: v.detach().clone() for k, v in tok.state_dict().items()}
-        else:
-            bad_epochs += 1
-        print(f"epoch {epoch + 1}: train loss {batch_loss.item():.4f}, val loss {vl:.4f}"
-              f"{'' if bad_epochs else ' (best)'} [{time.time() - t0:.0f}s]", flush=True)
-        if bad_epochs >= patience:
-            print(f"early stop: no better validation loss for {patience} epochs")
-            break
-    tok.load_state_dict(best_state)
+@torch.no_grad()
+def val_loss():
     tok.eval()
+    with ctx:
+        vl = sum(tok(val[i:i + 2000])[2].item() * len(val[i:i + 2000]) for i in range(0, len(val), 2000)) / len(val)
+    tok.train()
+    return vl
 
-    metrics = dict(test=tokenizer_metrics(tok, test), train=tokenizer_metrics(tok, train),
-                   epochs=epoch + 1, val_loss=best, train_seconds=time.time() - t0)
-    m = metrics['test']
-    print(f"test reconstruction MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB; codebook perplexity "
-          f"{m['perplexity']:.1f} of {tok.codebook_size}, dead codes on train {metrics['train']['dead_codes']}")
-    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-    save_checkpoint({'model': tok.state_dict(), 'model_args': tok.model_args, 'dataset': info, 'config': config,
-                     'metrics': metrics}, ckpt_path)
-    atomic_write(os.path.join(out_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
-    x = test[:16]
-    save_image_grid(torch.cat([x, tok.decode(tok.encode(x))]).cpu(), os.path.join(out_dir, 'reconstructions.png'), 16)
-    print(f"saved {ckpt_path} and {out_dir}/reconstructions.png (originals over reconstructions)")
+
+best, best_state, bad_epochs, step = float('inf'), None, 0, 0
+batches = math.ceil(len(train) / batch_size)
+for epoch in range(max(max_epochs, math.ceil(min_iters / batches))):
+    tok.train()
+    perm = torch.randperm(len(train), generator=g).to(device)
+    progress = Progress(f"epoch {epoch + 1}", batches, 'batches')
+    for i in range(0, len(train), batch_size):
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
+        with ctx:
+            _, _, batch_loss = tok(train[perm[i:i + batch_size]])
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        step += 1
+        progress.update()
+    vl = val_loss()
+    if vl < best - 1e-6:
+        best, bad_epochs = vl, 0
+        best_state = {k: v.detach().clone() for k, v in tok.state_dict().items()}
+    else:
+        bad_epochs += 1
+    print(f"epoch {epoch + 1}: train loss {batch_loss.item():.4f}, val loss {vl:.4f}"
+          f"{'' if bad_epochs else ' (best)'} [{time.time() - t0:.0f}s]", flush=True)
+    if bad_epochs >= patience:
+        print(f"early stop: no better validation loss for {patience} epochs")
+        break
+tok.load_state_dict(best_state)
+tok.eval()
+
+metrics = dict(test=tokenizer_metrics(tok, test), train=tokenizer_metrics(tok, train),
+               epochs=epoch + 1, val_loss=best, train_seconds=time.time() - t0)
+m = metrics['test']
+print(f"test reconstruction MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB; codebook perplexity "
+      f"{m['perplexity']:.1f} of {tok.codebook_size}, dead codes on train {metrics['train']['dead_codes']}")
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+save_checkpoint({'model': tok.state_dict(), 'model_args': tok.model_args, 'dataset': info, 'config': config,
+                 'metrics': metrics}, ckpt_path)
+write_json(os.path.join(out_dir, 'metrics.json'), metrics)
+x = test[:16]
+save_image_grid(torch.cat([x, tok.decode(tok.encode(x))]).cpu(), os.path.join(out_dir, 'reconstructions.png'), 16)
+print(f"saved {ckpt_path} and {out_dir}/reconstructions.png (originals over reconstructions)")

@@ -1,4 +1,4 @@
-# Fashion-MNIST's evaluation and drawing (the README's Fashion-MNIST row):
+# Fashion-MNIST's evaluation and drawing:
 # python sample.py config/sample_fashion.py
 out_dir = 'out/fashion'
 # stronger guidance at a lower temperature draws clothes the reference reads at least as well as real

@@ -1,14 +1,14 @@
 # Fashion-MNIST's language model, over the sequences of
 # python prepare.py config/prepare_fashion.py
+# trained as two processes of one core each:
+# torchrun --standalone --nproc_per_node=2 train.py config/train_fashion.py
 data_dir = 'data/fashion'
 out_dir = 'out/fashion'
 label_weight = 30.0   # clothes are harder to tell apart than digits: reading gets more of the gradient
-learning_rate = 6e-3  # reads better than the default 3e-3 at the same iterations (README)
+learning_rate = 6e-3  # reads better than the default 3e-3 at the same iterations
 min_lr = 6e-4
-# the whole pipeline within 20 minutes on 2 CPU cores, trained as two processes of one core each (README):
-# torchrun --standalone --nproc_per_node=2 train.py config/train_fashion.py
 max_iters = 6000
 lr_decay_iters = 6000
 eval_interval = 3000  # each checkpoint costs sample.py a reading of the test set
-compile = True        # faster steps on the AMX Xeon of the results, slower ones on the Zen 4: False there (README)
-tail_average = 1/6    # the plain mean of the last 1,000 iterations' weights, not the moving average (README)
+compile = True        # torch.compile: faster steps on CPUs where it pays (set False where it does not)
+tail_average = 1/6    # the plain mean of the last 1,000 iterations' weights, not the moving average

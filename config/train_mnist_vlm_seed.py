@@ -1,5 +1,5 @@
 # The published MNIST setting: a 14M-parameter nanoGPT over the MLP tokenizer's 8 letters.
-# python train.py config/train_mnist_vlm_seed.py  (about 4.5 s per iteration on a 2-core CPU)
+# python train.py config/train_mnist_vlm_seed.py
 out_dir = 'out/mnist_vlm_seed'
 eval_interval = 500
 eval_iters = 20

@@ -1,8 +1,8 @@
-# Fashion-MNIST's tokenizer (the README's Fashion-MNIST row):
+# Fashion-MNIST's tokenizer:
 # python vqvae.py config/vqvae_fashion.py --idx_dir=../shared/fashion-mnist   (no idx_dir: downloaded)
 dataset = 'fashion'
 out_dir = 'out/vqvae_fashion'
-levels = '8,5,5,5'   # 1000 codes: clothes' textures need more than the 125 that draw a digit (README)
-hidden = 128         # keeps more of the texture that tells a shirt from a T-shirt: it reads better (README)
+levels = '8,5,5,5'   # 1000 codes: clothes' textures need more than the 125 that draw a digit
+hidden = 128         # keeps more of the texture that tells a shirt from a T-shirt: it reads better
 latent_norm = True   # without it, 128 channels leave most codes unused (one latent stuck at a level)
-max_epochs = 10     # its reconstructions keep more of what tells clothes apart than 4 epochs' (README)
+max_epochs = 10      # its reconstructions keep more of what tells clothes apart than 4 epochs'

@@ -16,8 +16,6 @@ import torch
 
 from conftest import REPO, TINY, error_line, run_script
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 
 def code_class(meta):
     """A regex character class of the prepared data's image-code characters."""
@@ -244,7 +242,7 @@ def test_clear_errors(work, tmp_path):
 def test_colour_folder_through_the_whole_pipeline(tmp_path):
     """A user's folder of colour images (class names with a space and a non-ASCII letter, one file that
     is not an image) through all four scripts: the data set is named once, to vqvae.py."""
-    from shapes import CLASSES, make_shapes
+    from make_data import CLASSES, make_shapes
     root = make_shapes(str(tmp_path / 'my images'), 12, size=24)
     (tmp_path / 'my images' / 'triangle' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n but cut short')
     p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--hidden=16', '--max_epochs=2', '--min_iters=0', cwd=tmp_path)
@@ -293,7 +291,7 @@ def test_tokens_in_no_grid_downstream(tmp_path, design):
     """Tokenizers whose tokens are not one raster grid, TiTok-style 1D (tokens in no place in the image)
     and residual FSQ (4 stages of a 2x2 grid, its latents standardised), through prepare, training,
     guided generation and completion: completion keeps the first tokens (not rows, though 16 is a square)."""
-    from shapes import make_shapes
+    from make_data import make_shapes
     root = make_shapes(str(tmp_path / 'shapes'), 8, size=16)
     run_script('vqvae.py', f'--dataset={root}', *design, '--hidden=32', '--levels=5,5', '--max_epochs=1',
                '--min_iters=0', cwd=tmp_path)

@@ -1,6 +1,5 @@
 """
-Data sets, and everything done to images: where they come from, their class names and splits, how a
-user's image file is prepared, how images are moved, and how they are written as PNG files and grids.
+Data sets: where images come from, their class names and splits.
 
     dataset = 'mnist'     MNIST (LeCun et al. 1998): 28x28 grey digits, classes '0'..'9'
     dataset = 'fashion'   Fashion-MNIST (Xiao et al. 2017): 28x28 grey clothes, 10 named classes
@@ -23,14 +22,14 @@ import os
 import shutil
 import unicodedata
 import urllib.request
-import warnings
 import zlib
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from common import atomic_write
+from tinyvlm import Error
+from tinyvlm.images import ImageError, open_image, prepare_image
+from tinyvlm.plumbing import atomic_write
+from tinyvlm.sequences import check_class_name
 
 IDX_NAMES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 IDX_SETS = {
@@ -60,7 +59,6 @@ SPLIT_SEED = 1337                # a folder without splits of its own: the same 
 VAL_FRACTION = TEST_FRACTION = 0.1
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.tif', '.tiff')
 MAX_SIDE = 64                    # a folder's own size is used up to this; larger images are resized to 32
-MAX_PIXELS = 100_000_000         # larger image files are refused (JPEGs are first read at a reduced size)
 CACHE = 'data'
 
 
@@ -76,21 +74,21 @@ def read_idx(path, sha256=None):
     except (OSError, EOFError, zlib.error) as e:
         if sha256 is not None:
             return None
-        raise SystemExit(f"error: {path} is not a complete gzip file ({type(e).__name__}: {e}); "
-                         f"expected a gzipped IDX file")
+        raise Error(f"{path} is not a complete gzip file ({type(e).__name__}: {e}); "
+                    f"expected a gzipped IDX file")
     if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
         return None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise SystemExit(f"error: {path} is not an IDX file of unsigned bytes (expected magic 0x0000080N)")
+        raise Error(f"{path} is not an IDX file of unsigned bytes (expected magic 0x0000080N)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise SystemExit(f"error: {path} is truncated: its IDX header needs {header} bytes, has {len(raw)}")
+        raise Error(f"{path} is truncated: its IDX header needs {header} bytes, has {len(raw)}")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim)]
     size = int(np.prod(dims)) if dims else 0
     if len(raw) != header + size:
-        raise SystemExit(f"error: {path} holds {len(raw) - header} data bytes, expected {size} for shape "
-                         f"{tuple(dims)}: the file is truncated or corrupted")
+        raise Error(f"{path} holds {len(raw) - header} data bytes, expected {size} for shape "
+                    f"{tuple(dims)}: the file is truncated or corrupted")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -99,8 +97,8 @@ def _fetch(name, file, idx_dir, dest):
     if idx_dir:
         src = os.path.join(idx_dir, file + '.gz')
         if not os.path.isfile(src):
-            raise SystemExit(f"error: {src} not found: idx_dir must hold the four {IDX_SETS[name]['title']} files "
-                             f"({', '.join(n + '.gz' for n in IDX_NAMES)})")
+            raise Error(f"{src} not found: idx_dir must hold the four {IDX_SETS[name]['title']} files "
+                        f"({', '.join(n + '.gz' for n in IDX_NAMES)})")
         atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
         return
     errors = []
@@ -114,9 +112,9 @@ def _fetch(name, file, idx_dir, dest):
             return
         except Exception as e:  # any network failure: try the next mirror
             errors.append(f"{mirror}: {type(e).__name__}")
-    raise SystemExit(f"error: {IDX_SETS[name]['title']} file {file}.gz is not in {os.path.join(CACHE, name)} and "
-                     f"could not be downloaded ({'; '.join(errors)}); with no network, pass --idx_dir=DIR, a folder "
-                     f"with the four .gz files")
+    raise Error(f"{IDX_SETS[name]['title']} file {file}.gz is not in {os.path.join(CACHE, name)} and "
+                f"could not be downloaded ({'; '.join(errors)}); with no network, pass --idx_dir=DIR, a folder "
+                f"with the four .gz files")
 
 
 def load_idx(name, idx_dir=''):
@@ -135,8 +133,8 @@ def load_idx(name, idx_dir=''):
             os.remove(path)
             print(f"{path} is corrupted (SHA-256 or gzip check failed): removed" + (", fetching it again" if attempt == 0 else ''))
         else:
-            raise SystemExit(f"error: {file}.gz from {idx_dir or 'the mirrors'} does not match the SHA-256 of "
-                             f"{IDX_SETS[name]['title']} ({sha[:16]}...): the file is corrupted or of another data set")
+            raise Error(f"{file}.gz from {idx_dir or 'the mirrors'} does not match the SHA-256 of "
+                        f"{IDX_SETS[name]['title']} ({sha[:16]}...): the file is corrupted or of another data set")
         out[('train_' if file.startswith('train') else 'test_') + file.split('-')[1]] = arr
     return out
 
@@ -148,130 +146,6 @@ def idx_splits(name, idx_dir=''):
     return {'train': to(m['train_images'][:N_TRAIN], m['train_labels'][:N_TRAIN]),
             'val': to(m['train_images'][N_TRAIN:], m['train_labels'][N_TRAIN:]),
             'test': to(m['test_images'], m['test_labels'])}
-
-
-# ----------------------------------------------------------------------------------------------------
-# image files
-
-class ImageError(Exception):
-    """An image file that cannot be used, with the reason in one line."""
-
-
-def open_image(path, name=None):
-    """A PIL image as a person sees the file (a path or a file object, called name in messages): its
-    first frame, turned upright by its EXIF orientation, at most MAX_PIXELS (large JPEGs are read
-    reduced; other large files are refused)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-    name = name or f"image {path}"
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # the header only: the size is checked below, before any pixel is read
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            im = Image.open(path)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot read {name} ({type(e).__name__}): expected a PNG, JPEG, GIF, BMP, WebP or TIFF file")
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    w, h = im.size
-    if w * h > MAX_PIXELS and im.format == 'JPEG':
-        im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # decode at 1/8 scale
-        w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise ImageError(f"{name} is {im.size[0]}x{im.size[1]} pixels ({w * h / 1e6:.0f} MP); the limit is "
-                         f"{MAX_PIXELS / 1e6:.0f} MP: scale it down first")
-    if w == 0 or h == 0:
-        raise ImageError(f"{name} is empty ({w}x{h} pixels)")
-    try:
-        im.seek(0)
-        im.load()
-        return ImageOps.exif_transpose(im)
-    except Exception as e:  # a truncated or corrupt file fails only when its pixels are read
-        raise ImageError(f"cannot read {name} ({type(e).__name__}: {str(e)[:80]}): the file is damaged")
-
-
-def image_array(im, channels):
-    """A PIL image -> float32 (H, W, channels) in [0, 1]. Transparent parts become the background that
-    contrasts with what is drawn (white behind dark strokes, black behind light ones); 16-bit and float
-    images are scaled by their range, not clipped."""
-    if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-        a = np.asarray(im, dtype=np.float32)
-        top = 65535.0 if im.mode.startswith('I;16') or a.max() > 255 else 255.0
-        a = np.clip(a / top, 0, 1)[..., None]
-        return np.repeat(a, channels, 2) if channels == 3 else a
-    has_alpha = im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info)
-    rgba = np.asarray(im.convert('RGBA'), dtype=np.float32) / 255.0
-    rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    if has_alpha and alpha.min() < 1:
-        ink = alpha[..., 0] > 0.5
-        dark = rgb[ink].mean() < 0.5 if ink.any() else True
-        rgb = rgb * alpha + (1.0 if dark else 0.0) * (1 - alpha)
-    if channels == 1:  # ITU-R 601 luma, as PIL's convert('L')
-        return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-    return rgb
-
-
-def _resize(a, size):
-    """float (H, W, C) -> (size[1], size[0], C), area-averaged when shrinking (Lanczos)."""
-    from PIL import Image
-    return np.stack([np.asarray(Image.fromarray(a[..., c]).resize(size, Image.LANCZOS), dtype=np.float32)
-                     for c in range(a.shape[2])], 2)
-
-
-def centre_crop(a):
-    h, w = a.shape[:2]
-    s = min(h, w)
-    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-
-
-def fit_object(a, size, box, centre, name='image'):
-    """A grey drawing or photo -> how MNIST and Fashion-MNIST were made: light on black (inverted when
-    the background is light), cropped to what is drawn, resized to fit a box x box square keeping its
-    shape, and placed in size x size by its centre of mass ('mass') or its bounding box ('box')."""
-    a = a[..., 0]
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if np.median(border) > 0.5:  # dark drawing on light paper
-        a, border = 1.0 - a, 1.0 - border
-    a = np.clip(a - np.median(border), 0, None)
-    if a.max() < 0.1:
-        raise ImageError(f"{name} is blank: expected a drawing or an object on a plain background")
-    a = a / a.max()
-    ys, xs = np.nonzero(a > 0.1)
-    a = a[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    h, w = a.shape
-    s = box / max(h, w)
-    a = np.clip(_resize(a[..., None], (max(1, round(w * s)), max(1, round(h * s))))[..., 0], 0, 1)
-    out = np.zeros((size, size), dtype=np.float32)
-    if centre == 'mass':
-        total = a.sum()
-        cy, cx = (np.arange(a.shape[0]) @ a.sum(1)) / total, (np.arange(a.shape[1]) @ a.sum(0)) / total
-    else:
-        cy, cx = (a.shape[0] - 1) / 2, (a.shape[1] - 1) / 2
-    top = int(np.clip(round(size / 2 - cy), 0, size - a.shape[0]))
-    left = int(np.clip(round(size / 2 - cx), 0, size - a.shape[1]))
-    out[top:top + a.shape[0], left:left + a.shape[1]] = a
-    return out[None]
-
-
-def prepare_image(im, info, name='image'):
-    """A PIL image -> float32 (C, S, S) in [0, 1], as the data set's images are: for MNIST and
-    Fashion-MNIST as they were made (fit_object), for a folder centre-cropped to a square and resized.
-    The one preparation for image files, folders and drawings on the web page."""
-    size, channels = info['image_size'], info['channels']
-    a = image_array(im, channels)
-    if info.get('fit'):
-        return fit_object(a, size, name=name, **info['fit'])
-    return np.clip(_resize(centre_crop(a), (size, size)), 0, 1).transpose(2, 0, 1)
-
-
-def read_image_file(path, info):
-    """An image file prepared as the data set's images are (prepare_image), or a one-line error."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: image file {path} not found")
-    try:
-        return prepare_image(open_image(path), info, name=f"image {path}")
-    except ImageError as e:
-        raise SystemExit(f"error: {e}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,32 +164,25 @@ def _image_files(folder):
     return out
 
 
-def _check_class_name(name, root):
-    if '#' in name or any(unicodedata.category(c).startswith('C') for c in name):
-        raise SystemExit(f"error: class folder {os.path.join(root, name)!r}: a class name cannot hold '#' or "
-                         f"control characters (they are part of the sequence format): rename the folder")
-    return unicodedata.normalize('NFC', name)
-
-
 def folder_splits(root, image_size=0):
     """A folder of class folders -> ({split: (uint8 (N, C, S, S), int64 labels)}, class names, notes).
     Colour is kept when any image has it; unreadable files are skipped and counted in notes."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
-        raise SystemExit(f"error: dataset must be 'mnist', 'fashion' or a folder of class folders; {root} is not a folder")
+        raise Error(f"dataset must be 'mnist', 'fashion' or a folder of class folders; {root} is not a folder")
     top = _class_folders(root)
     if {'train', 'test'} <= set(top):
         parts = {s: os.path.join(root, s) for s in ('train', 'val', 'test') if s in top}
     elif set(top) & {'train', 'val', 'test'} and len(set(top) & {'train', 'val', 'test'}) < 3 and 'train' in top:
-        raise SystemExit(f"error: {root} has {', '.join(sorted(set(top) & {'train', 'val', 'test'}))}/ but not test/: "
-                         f"a folder with its own splits needs train/ and test/ (val/ is optional)")
+        raise Error(f"{root} has {', '.join(sorted(set(top) & {'train', 'val', 'test'}))}/ but not test/: "
+                    f"a folder with its own splits needs train/ and test/ (val/ is optional)")
     else:
         parts = {None: root}
-    classes = sorted({_check_class_name(c, p) for p in parts.values() for c in _class_folders(p)})
+    classes = sorted({check_class_name(c, f'class folder {os.path.join(p, c)}') for p in parts.values() for c in _class_folders(p)})
     if len(classes) < 2:
-        raise SystemExit(f"error: {root} has {len(classes)} class folder{'s' if len(classes) != 1 else ''}"
-                         f"{' (' + classes[0] + ')' if classes else ''}: expected one subfolder of images per class, "
-                         f"at least two (PATH/cat/*.png, PATH/dog/*.png)")
+        raise Error(f"{root} has {len(classes)} class folder{'s' if len(classes) != 1 else ''}"
+                    f"{' (' + classes[0] + ')' if classes else ''}: expected one subfolder of images per class, "
+                    f"at least two (PATH/cat/*.png, PATH/dog/*.png)")
     files = {}  # split -> [(path, label)]
     for split, folder in parts.items():
         for label, c in enumerate(classes):
@@ -364,8 +231,8 @@ def folder_splits(root, image_size=0):
         kept = [(p, y) for p, y in items if p in pix]
         counts = np.bincount([y for _, y in kept], minlength=len(classes))
         if split in (None, 'train') and (counts == 0).any():
-            raise SystemExit(f"error: class folder {classes[int(np.argmin(counts))]!r} in {parts[split]} has no readable "
-                             f"images: every class needs images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise Error(f"class folder {classes[int(np.argmin(counts))]!r} in {parts[split]} has no readable "
+                        f"images: every class needs images ({', '.join(IMAGE_EXTENSIONS)})")
         files[split] = kept
 
     if None in files:  # split each class by a fixed seed
@@ -374,8 +241,8 @@ def folder_splits(root, image_size=0):
         for label in range(len(classes)):
             items = [it for it in files[None] if it[1] == label]
             if len(items) < 3:
-                raise SystemExit(f"error: class {classes[label]!r} has {len(items)} readable image"
-                                 f"{'s' if len(items) != 1 else ''}: each class needs at least 3 (train, val, test)")
+                raise Error(f"class {classes[label]!r} has {len(items)} readable image"
+                            f"{'s' if len(items) != 1 else ''}: each class needs at least 3 (train, val, test)")
             order = rng.permutation(len(items))
             n_val, n_test = (max(1, round(f * len(items))) for f in (VAL_FRACTION, TEST_FRACTION))
             split_items['val'] += [items[i] for i in order[:n_val]]
@@ -390,7 +257,7 @@ def folder_splits(root, image_size=0):
         files['train'] = [files['train'][i] for i in order[n_val:]]
     for split in ('train', 'val', 'test'):
         if not files[split]:
-            raise SystemExit(f"error: the {split} split of {root} has no readable images")
+            raise Error(f"the {split} split of {root} has no readable images")
     splits = {s: (np.stack([pix[p] for p, _ in files[s]]), np.array([y for _, y in files[s]], dtype=np.int64))
               for s in ('train', 'val', 'test')}
     return splits, classes, notes
@@ -405,8 +272,8 @@ def load_dataset(dataset, idx_dir='', image_size=0, quiet=False):
     channels, how an image file is prepared, where it came from, and a fingerprint of the images)."""
     if dataset in IDX_SETS:
         if image_size not in (0, 28):
-            raise SystemExit(f"error: {IDX_SETS[dataset]['title']} images are 28x28; image_size must be 0 (their own) "
-                             f"or 28, got {image_size}")
+            raise Error(f"{IDX_SETS[dataset]['title']} images are 28x28; image_size must be 0 (their own) "
+                        f"or 28, got {image_size}")
         s = IDX_SETS[dataset]
         splits = idx_splits(dataset, idx_dir)
         info = dict(dataset=dataset, name=dataset, title=s['title'], classes=s['classes'], key=s['key'],
@@ -442,85 +309,3 @@ def reload_dataset(info, quiet=True):
     return splits, again
 
 
-def as_float(images, device='cpu'):
-    """uint8 images (numpy or torch) -> float32 tensor in [0, 1]."""
-    return torch.as_tensor(images).to(device).float() / 255.0
-
-
-# ----------------------------------------------------------------------------------------------------
-# moving images
-
-def shifted(images, dx, dy):
-    """images (N, C, H, W) moved dx pixels right and dy down (ints, or one per image), zeros coming in."""
-    n, c, h, w = images.shape
-    dx, dy = (torch.as_tensor(d, device=images.device).long().expand(n) for d in (dx, dy))
-    m = int(max(dx.abs().max(), dy.abs().max(), 0)) if n else 0
-    padded = F.pad(images, (m, m, m, m))
-    rows = torch.arange(h, device=images.device) + m - dy[:, None]
-    cols = torch.arange(w, device=images.device) + m - dx[:, None]
-    return padded[torch.arange(n, device=images.device)[:, None, None, None], torch.arange(c, device=images.device)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1, flip=False):
-    """Randomly moved copies of images (N, C, H, W): shifted up to shift pixels, rotated up to rotate
-    degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003), and with
-    flip, half of them mirrored left to right (for images whose mirror image is as likely; not digits)."""
-    n, c, h, w = images.shape
-    u = lambda: torch.rand(n, generator=generator) * 2 - 1
-    a, s = u() * np.radians(rotate), 1 + u() * scale
-    m = torch.where(u() < 0, -1.0, 1.0) if flip else torch.ones(n)  # -1: source columns read right to left
-    theta = torch.stack([torch.stack([m * torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
-                         torch.stack([m * torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
-    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
-    return F.grid_sample(images, grid, align_corners=False).clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------------------------------
-# writing images
-
-def _font(size):
-    """DejaVu Sans (shipped with matplotlib: Latin, Greek, Cyrillic and more), else PIL's own."""
-    from PIL import ImageFont
-    try:
-        from matplotlib import font_manager
-        return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family='DejaVu Sans')), size)
-    except Exception:
-        return ImageFont.load_default()
-
-
-def to_pil(image, size=None):
-    """float (C, H, W) in [0, 1] -> a PIL image (grey or RGB), resized to size x size if given."""
-    from PIL import Image
-    a = (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
-    im = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
-    return im.resize((size, size), Image.BICUBIC) if size else im
-
-
-def save_png(image, path, size=None):
-    im = to_pil(image, size)
-    atomic_write(path, lambda tmp: im.save(tmp, format='PNG'))
-
-
-def save_image_grid(images, path, nrow, scale=2, pad=2, row_labels=None):
-    """images (N, C, H, W) in [0, 1] -> one PNG, nrow images a row on grey, a label left of each row."""
-    from PIL import Image, ImageDraw
-    images = np.clip(np.asarray(images, dtype=np.float32), 0, 1)
-    n, c, h, w = images.shape
-    rows = (n + nrow - 1) // nrow
-    grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 0.5, dtype=np.float32)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
-    img = to_pil(grid).resize((grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
-    if row_labels:
-        font = _font(max(10, min(16, (h + pad) * scale // 3)))
-        margin = max(int(font.getlength(str(t))) for t in row_labels) + 8
-        out = Image.new(img.mode, (img.width + margin, img.height), 255 if img.mode == 'L' else (255, 255, 255))
-        out.paste(img, (margin, 0))
-        draw = ImageDraw.Draw(out)
-        for r, text in enumerate(row_labels[:rows]):
-            y = (pad + r * (h + pad) + h / 2) * scale
-            draw.text((margin - 4, y), str(text), fill=0 if img.mode == 'L' else (0, 0, 0), font=font, anchor='rm')
-        img = out
-    atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))

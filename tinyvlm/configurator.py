@@ -1,7 +1,7 @@
 """
 Settings, nanoGPT style. Every script keeps its settings as plain module globals and then calls
 
-    from configurator import configure
+    from tinyvlm.configurator import configure
     config = configure(globals())
 
 Each command-line argument is either a config file (plain Python, e.g. config/train_mnist_vlm_seed.py)
@@ -16,8 +16,10 @@ import os
 import sys
 from ast import literal_eval
 
+from tinyvlm import Error
+from tinyvlm.sequences import MAX_CODES, TASKS
+
 SIMPLE = (bool, int, float, str, type(None))
-MAX_CODES = 22352  # the code characters there are (prepare.code_alphabet)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,26 +84,41 @@ def dataset(v):
         return "'mnist', 'fashion' or a folder of class folders"
 
 
+def parse_levels(v):
+    """'8,5,5,5' -> (8, 5, 5, 5); ValueError if it is not whole numbers separated by commas."""
+    return tuple(int(x) for x in str(v).split(','))
+
+
 def levels(v):
     try:
-        ls = [int(x) for x in str(v).split(',')]
+        ls = parse_levels(v)
     except ValueError:
         return 'whole numbers separated by commas, like 8,5,5,5'
     if not ls or min(ls) < 2 or max(ls) > 64 or math.prod(ls) > MAX_CODES:
         return f"whole numbers of 2 to 64 separated by commas, whose product (the codebook) is at most {MAX_CODES}"
 
 
+def parse_shares(v):
+    """'1,3' -> {task: weight} in the order of sequences.TASKS; ValueError if it is not numbers."""
+    ws = [float(x) for x in str(v).split(',')]
+    if len(ws) != len(TASKS):
+        raise ValueError(v)
+    return dict(zip(TASKS, ws))
+
+
 def shares(v):
     try:
-        ws = [float(x) for x in str(v).split(',')]
+        ws = list(parse_shares(v).values())
     except ValueError:
         ws = []
     if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or sum(ws) <= 0:
-        return 'numbers of at least 0 separated by commas, one per task, not all 0, like 1,3'
+        return (f"{len(TASKS)} numbers of at least 0 separated by commas, one per task ({', '.join(TASKS)}), not all 0, "
+                f"like 1,3")
 
 
 def device(v):
     import torch
+    from tinyvlm.plumbing import has_mps
     kind, _, index = v.partition(':')
     if kind == 'cuda':
         if not torch.cuda.is_available():
@@ -109,7 +126,7 @@ def device(v):
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             return f"'cuda' or 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'"
     elif v == 'mps':
-        if not (getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()):
+        if not has_mps():
             return "'auto' or 'cpu': this machine has no Apple GPU (mps)"
     elif v not in ('auto', 'cpu'):
         return "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
@@ -214,6 +231,7 @@ RULES = {
 CROSS = [  # rules over several settings of one script: (settings, rule taking their values in order)
     (('stages', 'kind', 'quantizer'), lambda s, k, q: None if s == 1 or (k, q) == ('conv', 'fsq') else
      "stages above 1 need kind 'conv' and quantizer 'fsq'"),
+    (('latent_norm', 'quantizer'), lambda n, q: None if not n or q == 'fsq' else "latent_norm needs quantizer 'fsq'"),
     (('n_embd', 'n_head'), lambda e, h: None if e % h == 0 else f"n_embd ({e}) must be a multiple of n_head ({h})"),
     (('batch_size', 'gradient_accumulation_steps'), lambda b, s: None if b % s == 0 else
      f"batch_size ({b}) must be a multiple of gradient_accumulation_steps ({s})"),
@@ -227,7 +245,8 @@ CROSS = [  # rules over several settings of one script: (settings, rule taking t
 
 def _has_gpu():
     import torch
-    return torch.cuda.is_available() or (getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available())
+    from tinyvlm.plumbing import has_mps
+    return torch.cuda.is_available() or has_mps()
 
 
 def rule_of(key, script=''):
@@ -238,14 +257,14 @@ def rule_of(key, script=''):
 
 
 def check(key, value, script=''):
-    """Raise the one-line error for a value its rule refuses."""
+    """Raise the one-line Error for a value its rule refuses."""
     rule = rule_of(key, script)
     try:
         why = rule(value) if rule else None
     except (ValueError, OSError) as e:  # a path with a NUL byte, say
         why = f"a usable value ({type(e).__name__}: {e})"
     if why:
-        raise SystemExit(f"error: {key}={value!r} is not allowed: {key} must be {why}")
+        raise Error(f"{key}={value!r} is not allowed: {key} must be {why}")
 
 
 def check_all(settings, script=''):
@@ -256,7 +275,7 @@ def check_all(settings, script=''):
         if all(k in settings for k in keys):
             why = rule(*(settings[k] for k in keys))
             if why:
-                raise SystemExit(f"error: {why} (got {', '.join(f'{k}={settings[k]!r}' for k in keys)})")
+                raise Error(f"{why} (got {', '.join(f'{k}={settings[k]!r}' for k in keys)})")
 
 
 def _coerce(key, old, new, where):
@@ -266,8 +285,8 @@ def _coerce(key, old, new, where):
     if isinstance(old, float) and type(new) is int:
         return float(new)
     kind = {int: 'a whole number', float: 'a number', bool: 'True or False', str: 'a string'}.get(type(old), type(old).__name__)
-    raise SystemExit(f"error: {key} expects {kind} (default {old!r}), "
-                     f"got {type(new).__name__} {new!r} from {where}")
+    raise Error(f"{key} expects {kind} (default {old!r}), "
+                f"got {type(new).__name__} {new!r} from {where}")
 
 
 def configure(g, argv=None):
@@ -280,19 +299,19 @@ def configure(g, argv=None):
         print(f"python {script} [config.py ...] [--key=value ...]; the settings and their defaults:")
         for k in keys:
             print(f"  --{k}={g[k]!r}")
-        raise SystemExit(0)
+        sys.exit(0)  # as argparse does: asking for help is not running the script
 
     def put(key, value, where):
         if key not in keys:
-            raise SystemExit(f"error: unknown config key '{key}' from {where} for {script}; "
-                             f"known keys: {', '.join(keys)}")
+            raise Error(f"unknown config key '{key}' from {where} for {script}; "
+                        f"known keys: {', '.join(keys)}")
         g[key] = _coerce(key, g[key], value, where)
 
     for arg in argv:
         if arg.startswith('--'):
             key, eq, text = arg[2:].partition('=')
             if not eq:
-                raise SystemExit(f"error: expected --key=value, got '{arg}'")
+                raise Error(f"expected --key=value, got '{arg}'")
             if isinstance(g.get(key), str):
                 value = text  # a string setting takes the text as written (--labels=007 stays '007')
                 if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"':
@@ -308,8 +327,8 @@ def configure(g, argv=None):
             put(key, value, arg)
         else:
             if not os.path.isfile(arg):
-                raise SystemExit(f"error: config file '{arg}' not found (expected a Python file of "
-                                 f"key = value lines, or --key=value)")
+                raise Error(f"config file '{arg}' not found (expected a Python file of key = value lines, or "
+                            f"--key=value)")
             print(f"Overriding config with {arg}:")
             try:
                 with open(arg, encoding='utf-8') as f:
@@ -317,7 +336,7 @@ def configure(g, argv=None):
                 ns = {}
                 exec(compile(source, arg, 'exec'), ns)
             except Exception as e:
-                raise SystemExit(f"error: config file '{arg}' failed: {type(e).__name__}: {e}")
+                raise Error(f"config file '{arg}' failed: {type(e).__name__}: {e}")
             print(source)
             for key, value in ns.items():
                 if not key.startswith('_') and not key.isupper() and isinstance(value, SIMPLE):

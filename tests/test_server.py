@@ -2,7 +2,6 @@
 clear 4xx with the server still serving, two clients at once; and --mode=complete on the command line."""
 import base64
 import http.client
-import io
 import json
 import os
 import re
@@ -14,6 +13,7 @@ import threading
 import pytest
 
 from conftest import REPO, TINY, error_line, run_script
+from make_data import drawing_url
 
 
 @pytest.fixture(scope='module')
@@ -40,15 +40,6 @@ def request(port, method, path, body=None, headers=None):
     out = r.status, json.loads(r.read() or b'null')
     c.close()
     return out
-
-
-def drawing_url(vertical=True):
-    from PIL import Image, ImageDraw
-    im = Image.new('RGB', (280, 280))
-    ImageDraw.Draw(im).line([(140, 40), (140, 240)] if vertical else [(40, 140), (240, 140)], fill='white', width=20)
-    buf = io.BytesIO()
-    im.save(buf, 'PNG')
-    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
 
 def test_api_answers(server):

@@ -1,0 +1,26 @@
+"""inference: reading with a second look at unsure images."""
+import torch
+
+from make_data import mnist_codec
+from test_gpt import tiny_gpt
+from tinyvlm.inference import read_labels
+from tinyvlm.tokenizers import make_tokenizer
+
+
+def test_read_labels_second_look():
+    """Only images read below the threshold get the extra views; threshold 0 is one plain reading."""
+    torch.manual_seed(0)
+    tok = make_tokenizer(kind='conv', quantizer='fsq', hidden=16, grid=4, levels=(8, 5, 5, 5), loss='mse').eval()
+    codec = mnist_codec(1000, 16, 40)
+    model = tiny_gpt(vocab_size=codec.vocab_size)
+    x = torch.rand(6, 1, 28, 28)
+    codes = tok.encode(x)
+    once = model.next_token_probs(codec.prompts('classification', 'label', codes=codes), codec.label_ids)
+    assert torch.allclose(read_labels(model, codec, tok, codes, x, views=5, threshold=0.0), once)
+    again = read_labels(model, codec, tok, codes, x, views=5, threshold=1.0, batch_size=4)
+    assert again.shape == (6, 10) and torch.allclose(again.sum(1), torch.ones(6)) and not torch.allclose(again, once)
+    # mirror: the second view is the mirror image
+    flipped = tok.encode(x.flip(3))
+    both = once.log() + model.next_token_probs(codec.prompts('classification', 'label', codes=flipped), codec.label_ids).log()
+    two = read_labels(model, codec, tok, codes, x, views=2, threshold=1.0, mirror=True)
+    assert torch.allclose(two, torch.softmax(both / 2, 1), atol=1e-5)

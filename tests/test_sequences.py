@@ -1,0 +1,119 @@
+"""sequences: the codec (image codes <-> characters, class names <-> labels), the task table, padding,
+and the training pairs."""
+import unicodedata
+
+import numpy as np
+import pytest
+import torch
+
+from make_data import DIGITS, mnist_codec
+from tinyvlm import Error
+from tinyvlm.datasets import IDX_SETS
+from tinyvlm.sequences import PAD, Codec, code_alphabet, label_targets, training_pairs
+
+FASHION = IDX_SETS['fashion']['classes']
+
+
+@pytest.mark.parametrize('codebook_size, tokens', [(26, 8), (10, 4), (1000, 16), (6400, 49)])
+def test_codec_round_trip(codebook_size, tokens):
+    codec = mnist_codec(codebook_size, tokens, block=tokens + 20)
+    codes = np.random.default_rng(0).integers(0, codebook_size, tokens)
+    text = codec.image_text(codes)
+    assert len(text) == tokens and np.array_equal(codec.image_codes(text), codes)
+    seq, ids = codec.line('generation', 3, codes)
+    assert len(ids) == codec.block_size and codec.decode(ids) == seq
+    assert codec.parse(seq) == ('generation', 3, pytest.approx(codes))
+    ids = [codec.stoi[c] for c in text]
+    assert min(ids) >= codec.code_offset and codec.vocab_size == codec.code_offset + codebook_size
+    assert not set(text) & set(codec.itos[:codec.code_offset])  # codes are disjoint from the text
+    if codebook_size <= 26:
+        assert set(text) <= set('ABCDEFGHIJKLMNOPQRSTUVWXYZ')
+
+
+def test_code_characters_are_printable():
+    """Codebooks above 26 use letters a terminal shows: no Private Use Area, no combining marks, no
+    right-to-left scripts, never a character of the text."""
+    chars = code_alphabet(6400, exclude='éÀ')
+    assert len(set(chars)) == 6400 and 'é' not in chars and 'À' not in chars
+    for c in chars:
+        assert c.isprintable() and not 0xE000 <= ord(c) <= 0xF8FF
+        assert unicodedata.category(c) in ('Lu', 'Ll', 'Lo') and unicodedata.bidirectional(c) == 'L'
+    codec = Codec(['café', 'thé'], 'class', 125, 49, 80)
+    assert not set(codec.code_chars) & set('caféthé')
+
+
+def test_templates_and_padding():
+    codec = mnist_codec()
+    codes = [15, 19, 10, 17, 22, 2, 8, 20]
+    assert codec.image_text(codes) == 'PTKRWCIU'
+    assert codec.line('generation', 7, codes)[0] == 'number:7, image:PTKRWCIU.' + '#' * 20  # 12 tokens of 32
+    assert codec.line('classification', 7, codes)[0] == 'image:PTKRWCIU, number:7.' + '#' * 20
+    assert codec.text('generation', 7, upto='image') == 'number:7, image:'
+    assert codec.text('classification', codes=codes, upto='label') == 'image:PTKRWCIU, number:'
+    assert codec.decode(codec.tokens('classification', upto='image')) == 'image:'
+    assert codec.itos[:codec.code_offset] == ['#', ', image:', ', number:', '.', *DIGITS, 'image:', 'number:']
+    assert codec.vocab_size == 42 and codec.label_ids == [codec.stoi[d] for d in DIGITS]
+    assert codec.parse('number:7, image:PTKRWCIU.####')[:2] == ('generation', 7)
+    for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
+                'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:72.'):
+        assert codec.parse(bad) is None
+    assert codec.label_position('generation') == 1 and codec.label_position('classification') == 10
+    with pytest.raises(Error, match='block_size 11 is too short'):
+        mnist_codec(block=11)
+    with pytest.raises(Error, match="class name '.' is also a piece of the sequence format"):
+        Codec(['a', '.'], 'class', 26, 8, 32)
+
+
+def test_class_names_as_words():
+    """The text shows the class name; the model sees it as one token."""
+    codec = Codec(FASHION, 'class', 125, 49, 72)
+    codes = list(range(49))
+    s, ids = codec.line('classification', 0, codes)
+    assert s.startswith('image:') and s.split('#')[0].endswith(', class:T-shirt/top.')
+    assert len(ids) == 72 and ids.index(codec.stoi['T-shirt/top']) == 1 + 49 + 1 and codec.decode(ids) == s
+    assert codec.line('generation', 9, codes)[0].startswith('class:Ankle boot, image:')
+    assert codec.parse(s)[:2] == ('classification', 0)
+    assert len(codec.tokens('generation', 9, codes)) == len(codec.tokens('generation', 8, codes)) == 1 + 1 + 1 + 49 + 1
+    assert codec.labels('Sneaker,bag') == [7, 8] and codec.labels('') == list(range(10)) and codec.labels('3') == [3]
+    assert mnist_codec().labels('0123') == [0, 1, 2, 3] and mnist_codec().labels('7') == [7]
+    for bad in ('Sneakers', '10', 'x7'):
+        with pytest.raises(Error, match='unknown class'):
+            codec.label(bad)
+    with pytest.raises(Error, match='unknown class'):
+        mnist_codec().labels('7x')
+    assert ids[codec.label_position('classification')] == codec.label_ids[0]
+    other = Codec(['Shirt', 'Shirts', 'Bag'], 'class', 26, 8, 40)  # whole names, one token each, even a name's prefix
+    assert [other.itos[i] for i in other.label_ids] == ['Shirt', 'Shirts', 'Bag'] and len(set(other.label_ids)) == 3
+
+
+@pytest.mark.parametrize('bad', ['x', '10', '-1', '7.5'])
+def test_bad_labels_and_characters(bad):
+    codec = mnist_codec()
+    with pytest.raises(Error, match='unknown class'):
+        codec.label(bad)
+    with pytest.raises(Error, match='8 code characters'):
+        codec.image_codes('ABC')
+
+
+def test_training_pairs_start_at_sequence_starts():
+    codec = mnist_codec()
+    rng = np.random.default_rng(0)
+    pairs = [codec.line('generation' if d % 2 else 'classification', d, rng.integers(0, 26, 8)) for d in range(10)]
+    lines = [s for s, _ in pairs]
+    seqs = torch.tensor([ids for _, ids in pairs])
+    X, Y = training_pairs(seqs, codec.stoi[PAD])
+    assert X.shape == Y.shape == (10, 11)  # 12 tokens ('number:', '7', ', image:', 8 codes, '.'): 11 predict 11
+    for line, x, y, ids in zip(lines, X, Y, seqs):
+        assert codec.decode(x) == line[:line.index('.')]  # every row is one whole sequence from its start
+        assert torch.equal(y, ids[1:12]) and codec.decode(y).endswith('.')
+
+
+def test_label_targets_come_from_the_tasks():
+    """The targets that are a class name, found from the task table."""
+    codec = Codec(FASHION, 'class', 26, 8, 40)
+    tasks, labels = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 8, 9])
+    pairs = [codec.line(list(codec.tasks)[t], y, [1] * 8) for t, y in zip(tasks.tolist(), labels.tolist())]
+    X, Y = training_pairs(torch.tensor([ids for _, ids in pairs]), codec.stoi[PAD])
+    mask = label_targets(codec, tasks, X.size(1))
+    assert (mask.sum(1) == 1).all()
+    assert [codec.decode(y[m]) for y, m in zip(Y, mask)] == ['T-shirt/top', 'T-shirt/top', 'Bag', 'Ankle boot']

@@ -1,0 +1,58 @@
+"""
+A trained model scored on the test split: how well it reads (accuracy with its standard error, the
+most frequent confusions), and, by the data set's reference classifier (reference.py), how well the
+tokenizer's reconstructions and the model's drawings keep the class (fidelity) and look like the real
+images (the Frechet distance between the reference's features).
+"""
+import math
+
+import torch
+
+from tinyvlm.inference import generate_images
+from tinyvlm.plumbing import Progress
+from tinyvlm.reference import classify_images, frechet_distance
+
+
+def reading_scores(pred, truth, classes):
+    """Accuracy of predicted labels against true ones, its standard error sqrt(p(1-p)/n), the confusion
+    matrix and its five largest off-diagonal cells."""
+    K, n = len(classes), len(truth)
+    pred, truth = pred.cpu(), truth.cpu()
+    acc = (pred == truth).float().mean().item()
+    confusion = torch.zeros(K, K, dtype=torch.long)
+    confusion.index_put_((truth, pred), torch.ones(n, dtype=torch.long), accumulate=True)
+    off = confusion.clone().fill_diagonal_(0).flatten()
+    pairs = [dict(true=classes[int(i) // K], predicted=classes[int(i) % K], count=int(off[i]))
+             for i in torch.argsort(off, descending=True)[:5] if off[i] > 0]
+    return dict(classification_accuracy=acc, classification_stderr=math.sqrt(acc * (1 - acc) / n), n_test=n,
+                confusion_pairs=pairs, confusion_matrix=confusion.tolist())
+
+
+def validity(codec, labels, codes):
+    """The share of generated sequences that follow the generation task's grammar."""
+    return sum(codec.parse(codec.text('generation', y, c.tolist())) is not None for y, c in zip(labels, codes)) / len(labels)
+
+
+def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_class, sampling, seed):
+    """The tokenizer's reconstructions of the test images and per_class generated images of each class
+    (drawn with sampling, generate_images' settings) as the reference classifier cnn sees them:
+    fidelity (read as the class they should be), Frechet distance to the real test images, validity and
+    distinct token strings of the generated."""
+    device = test_images.device
+    K, classes = len(codec.classes), codec.classes
+    real = classify_images(cnn, test_images, features=True).cpu().numpy()
+    recon = tok.decode(test_codes.to(device), sampling['batch_size'])
+    labels = [y for y in range(K) for _ in range(per_class)]
+    images, codes = generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed), **sampling,
+                                    progress=Progress('generating', len(labels), 'images'))
+    images = images.to(device)
+    read = classify_images(cnn, images).argmax(1).cpu()
+    want = torch.tensor(labels)
+    return dict(reconstruction_fidelity=(classify_images(cnn, recon).argmax(1) == test_labels).float().mean().item(),
+                reconstruction_frechet=frechet_distance(classify_images(cnn, recon, features=True).cpu().numpy(), real),
+                generated=len(labels), generation_validity=validity(codec, labels, codes),
+                generation_fidelity=(read == want).float().mean().item(),
+                generation_fidelity_per_class={classes[y]: (read[want == y] == y).float().mean().item() for y in range(K)},
+                generation_frechet=frechet_distance(classify_images(cnn, images, features=True).cpu().numpy(), real),
+                distinct_generations=len(set(map(tuple, codes.tolist()))),
+                **{k: sampling[k] for k in ('temperature', 'top_k', 'guidance')})

@@ -1,0 +1,108 @@
+"""
+Using a trained model: drawing (class -> image), reading (image -> class) and completing (the first
+codes of an image -> the rest). Generation is constrained by the sequence grammar: after
+'number:7, image:' only image codes can be drawn, so every generated sequence decodes to an image.
+"""
+import torch
+
+from tinyvlm.images import shifted
+
+SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))  # (dx, dy) of the extra views
+
+
+def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k=0, batch_size=250, guidance=0.0,
+                    progress=None):
+    """One image per label: sample its codes after 'number:7, image:' (codes only), then decode.
+    batch_size images at a time.
+    -> images (N, C, S, S) on the CPU, codes (N, tokens_per_image)."""
+    device = next(model.parameters()).device
+    allowed = codec.code_mask(device)
+    codes = []
+    for i in range(0, len(labels), batch_size):
+        j = min(i + batch_size, len(labels))
+        prompts = codec.prompts('generation', 'image', labels=labels[i:j], device=device)
+        uncond = codec.prompts('classification', 'image', labels=[None] * (j - i), device=device) if guidance else None
+        out = model.generate(prompts, codec.tokens_per_image, temperature, top_k or None, allowed, generator,
+                             guidance, uncond)
+        codes.append(out[:, prompts.size(1):] - codec.code_offset)
+        if progress:
+            progress.update(j - i)
+    codes = torch.cat(codes)
+    return tok.decode(codes, batch_size).cpu(), codes.cpu()
+
+
+def mirrored(meta):
+    """Whether the model trained on mirrored copies (prepare.py's flip), so that reading looks at mirror
+    images too."""
+    return meta['moves']['flip']
+
+
+@torch.no_grad()
+def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250, progress=None,
+                mirror=False):
+    """Class probabilities (N, K) from 'image:XXXX, number:' for images (N, C, S, S) with their codes,
+    scored over the class names only (GPT.next_token_probs). An image read with top probability below
+    threshold is read views - 1 more times, moved one pixel each way (SHIFTS), and its
+    log-probabilities averaged (test-time augmentation, as in Krizhevsky et al. 2012; the model
+    trained on moved copies, prepare.py's augment): only the unsure few get the second look. With mirror (the
+    model trained on mirrored copies too), the mirror image comes first, then each shift
+    both ways round."""
+    device = next(model.parameters()).device
+    read = lambda c: model.next_token_probs(codec.prompts('classification', 'label', codes=c, device=device),
+                                            codec.label_ids, batch_size)
+    probs = []
+    for i in range(0, len(codes), 4 * batch_size):
+        probs.append(read(codes[i:i + 4 * batch_size]))
+        if progress:
+            progress.update(len(probs[-1]))
+    probs = torch.cat(probs)
+    unsure = (probs.max(1).values < threshold).nonzero()[:, 0]
+    if views > 1 and len(unsure):
+        logp = probs[unsure].clamp_min(1e-12).log()
+        moves = [(dx, dy, False) for dx, dy in SHIFTS]  # (dx, dy, mirrored) of each extra view
+        if mirror:  # the mirror image first, then each shift both ways round
+            moves = [(0, 0, True)] + [(dx, dy, f) for dx, dy, _ in moves for f in (False, True)]
+        for dx, dy, f in moves[:views - 1]:
+            moved = shifted(images[unsure.to(images.device)], dx, dy).to(device)
+            moved = moved.flip(3) if f else moved
+            logp += read(tok.encode(moved, batch_size)).clamp_min(1e-12).log()
+        probs[unsure] = torch.softmax(logp / views, 1)
+    return probs
+
+
+@torch.no_grad()
+def complete_images(model, codec, tok, codes, keep, label, n, generator, temperature=1.0, top_k=0, guidance=0.0,
+                    batch_size=250):
+    """n completions of each image's codes (M, T) from its first `keep` codes: after 'number:7, image:'
+    and the kept codes when label is given (guided against 'image:' and the kept codes), else after
+    'image:' and the kept codes. Then, as a classification sequence goes on after the image, the model
+    names what it completed ('..., number:' scored over the class names).
+    -> images (M*n, C, S, S), codes (M*n, T), class probabilities (M*n, K), all on the CPU."""
+    device = next(model.parameters()).device
+    kept = torch.as_tensor(codes)[:, :keep].repeat_interleave(n, 0).to(device) + codec.code_offset
+    head = lambda task, labels: torch.cat([codec.prompts(task, 'image', labels=labels, device=device), kept], 1)
+    if label is None:
+        prompts, uncond, guidance = head('classification', [None] * len(kept)), None, 0.0
+    else:
+        prompts, uncond = head('generation', [label] * len(kept)), head('classification', [None] * len(kept))
+    out = model.generate(prompts, codec.tokens_per_image - keep, temperature, top_k or None, codec.code_mask(device),
+                         generator, guidance, uncond if guidance else None)
+    full = out[:, -codec.tokens_per_image:] - codec.code_offset
+    probs = model.next_token_probs(codec.prompts('classification', 'label', codes=full, device=device), codec.label_ids,
+                                   batch_size)
+    return tok.decode(full, batch_size).cpu(), full.cpu(), probs.cpu()
+
+
+def kept_rows(codec, keep):
+    """Tokens kept when `keep` rows of codes are kept: a grid's rows, else single tokens."""
+    return keep * codec.grid if codec.grid else keep
+
+
+def kept_view(images, codec, keep):
+    """What of each image the kept codes cover: a grid tokenizer's first rows (the rest black); the
+    tokens of a 1D tokenizer have no place in the image, so it is shown whole."""
+    out = images.clone()
+    if codec.grid:
+        out[..., round(keep * images.size(-2) / codec.grid):, :] = 0
+    return out
+

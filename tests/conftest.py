@@ -1,6 +1,10 @@
+import http.client
+import json
 import os
+import re
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -53,3 +57,31 @@ def work(mnist_dir, tmp_path_factory):
     run_script('vqvae.py', os.path.join(REPO, 'config/vqvae_seed.py'), '--max_epochs=1', '--min_iters=0', '--kmeans_samples=2000', cwd=w)
     run_script('prepare.py', '--tokenizer=out/vqvae_seed/ckpt.pt', '--data_dir=data/seed_vlm', '--augment=0', cwd=w)
     return w
+
+
+@pytest.fixture(scope='session')
+def server(work):
+    """python sample.py --mode=serve over a tiny model trained here, on a free port of 127.0.0.1."""
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=20', '--out_dir=out/serve', cwd=work)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'sample.py'), '--mode=serve', '--port=0',
+                             '--out_dir=out/serve'], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    line = proc.stdout.readline()
+    m = re.search(r'at http://localhost:(\d+)/', line)
+    assert m, line + proc.stdout.read(2000)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its log flowing
+    yield int(m.group(1))
+    proc.terminate()
+    proc.wait(10)
+
+
+def request(port, method, path, body=None, headers=None):
+    """One HTTP request to the server -> (status, the JSON answer or None, the response's headers)."""
+    c = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    c.request(method, path, body=data, headers={'Content-Type': 'application/json'} if headers is None else headers)
+    r = c.getresponse()
+    raw = r.read()
+    out = r.status, json.loads(raw) if raw and r.getheader('Content-Type', '').startswith('application/json') else raw or None, r
+    c.close()
+    return out

@@ -47,7 +47,7 @@ shares = '1,1'                    # how the sequences divide among the tasks, in
                                   # a quarter of them generation and three quarters classification
 seed = 1337
 # -----------------------------------------------------------------------------
-config = configure(globals())
+configure(globals())
 weights = parse_shares(shares)
 task_names, bounds = list(weights), np.cumsum(list(weights.values()))
 bounds /= bounds[-1]

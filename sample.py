@@ -64,7 +64,7 @@ seed = 1337
 device = 'auto'
 dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 where faster here (plumbing.fast_bf16)
 # -----------------------------------------------------------------------------
-config = configure(globals())
+configure(globals())
 
 
 def parse_indices(spec, n):
@@ -141,17 +141,14 @@ def classify(model, codec, tok, x, truth, names, reading):
 def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampling, generator, out_dir):
     """num_samples completions of each image from its first `keep` rows of codes (as the class label, or
     none), as a PNG grid: per image the original, the kept part, then the completions."""
-    unit = 'row' if codec.grid else 'token'  # a 1D tokenizer's tokens have no rows
-    if keep > codec.rows:
-        raise Error(f"keep={keep} is not allowed: keep must be at most {codec.rows}, the {unit}s of codes of an image")
+    kept = kept_rows(codec, keep)
     codes = tok.encode(x.to(next(model.parameters()).device)).cpu()
-    images, full, probs = complete_images(model, codec, tok, codes, kept_rows(codec, keep), label, num_samples,
-                                          generator, **sampling)
+    images, full, probs = complete_images(model, codec, tok, codes, kept, label, num_samples, generator, **sampling)
     grid = torch.cat([torch.cat([x[i:i + 1], kept_view(x[i:i + 1], codec, keep), images[i * num_samples:(i + 1) * num_samples]])
                       for i in range(len(x))])
     path = os.path.join(out_dir, 'complete.png')
     save_image_grid(grid, path, num_samples + 2, row_labels=names)
-    print(f"completions of {len(x)} image(s) from their first {keep} {unit}(s) of codes"
+    print(f"completions of {len(x)} image(s) from their first {keep} {'row' if codec.grid else 'token'}(s) of codes"
           + (f", as {codec.classes[label]}" if label is not None else ', no class given') + f": {path} "
           "(per row: the original, the kept part, the completions)")
     for i, name in enumerate(names):

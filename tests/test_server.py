@@ -55,7 +55,7 @@ def test_api_answers(server):
     ('POST', '/api/generate', b'{"label": "7", "num_samples": ' + b'9' * 5000 + b'}', None, 400, 'not JSON'),
     ('POST', '/api/complete', {'index': 10 ** 9}, None, 400, 'index must be a test image number 0..9999'),
     ('POST', '/api/complete', {'index': '../../etc/passwd'}, None, 400, 'index must be a test image number'),
-    ('POST', '/api/complete', {'index': 1, 'keep': 99}, None, 400, 'keep at most 7'),
+    ('POST', '/api/complete', {'index': 1, 'keep': 99}, None, 400, 'keep must be at most 7'),
     ('POST', '/api/complete', {'keep': 2}, None, 400, 'complete needs index'),
     ('POST', '/api/nope', {}, None, 404, 'no API /api/nope'),
     ('GET', '/etc/passwd', None, None, 404, 'no page /etc/passwd'),

@@ -5,6 +5,7 @@ codes of an image -> the rest). Generation is constrained by the sequence gramma
 """
 import torch
 
+from tinyvlm import Error
 from tinyvlm.images import shifted
 
 SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))  # (dx, dy) of the extra views
@@ -94,7 +95,11 @@ def complete_images(model, codec, tok, codes, keep, label, n, generator, tempera
 
 
 def kept_rows(codec, keep):
-    """Tokens kept when `keep` rows of codes are kept: a grid's rows, else single tokens."""
+    """Tokens kept when `keep` rows of codes are kept: a grid's rows, else single tokens (a 1D
+    tokenizer's tokens have no rows)."""
+    if keep > codec.rows:
+        raise Error(f"keep must be at most {codec.rows}, the {'row' if codec.grid else 'token'}s of codes of an image, "
+                    f"got {keep}")
     return keep * codec.grid if codec.grid else keep
 
 

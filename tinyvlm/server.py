@@ -152,8 +152,9 @@ class Page:
         y = self.class_of(request, optional=True)
         n = setting(request, 'num_samples', 4, int)
         k = setting(request, 'keep', self.keep, int)
-        if n > 16 or k > codec.rows:
-            raise Error(f"num_samples must be at most 16 and keep at most {codec.rows}, got {n} and {k}")
+        if n > 16:
+            raise Error(f"num_samples must be at most 16 on the page, got {n}")
+        kept = kept_rows(codec, k)
         if 'index' in request:
             x = self.test_images[self.index(request)][None]
         elif image is not None:
@@ -162,8 +163,8 @@ class Page:
             raise Error("complete needs index (a test image) or image (a data URL)")
         sampling = self.sampling_of(request)
         g = torch.Generator(self.device).manual_seed(self.seed + self.calls)
-        images, codes, probs = complete_images(self.model, codec, self.tok, self.tok.encode(x.to(self.device)).cpu(),
-                                               kept_rows(codec, k), y, n, g, **sampling)
+        images, codes, probs = complete_images(self.model, codec, self.tok, self.tok.encode(x.to(self.device)).cpu(), kept,
+                                               y, n, g, **sampling)
         out = []
         for im, c, p in zip(images, codes, probs):
             read = int(p.argmax())

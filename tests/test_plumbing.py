@@ -29,5 +29,7 @@ def test_entry_point_turns_errors_into_one_line():
     assert p.returncode == 1 and p.stderr == 'error: what went wrong\n'
     p = run("open('/proc/version/x', 'w')")
     assert p.returncode == 1 and p.stderr.startswith('error: /proc/version/x: ') and len(p.stderr.splitlines()) == 1
+    p = run("import socket; socket.create_server(('no.such.host.invalid', 0))")
+    assert p.returncode == 1 and p.stderr.startswith('error: ') and len(p.stderr.splitlines()) == 1
     p = run("1 / 0")
     assert p.returncode == 1 and 'Traceback' in p.stderr and 'ZeroDivisionError' in p.stderr

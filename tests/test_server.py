@@ -192,3 +192,8 @@ def test_complete_on_the_command_line(work, server):
                                                              '--image=3', '--keep=8', cwd=work, check=False))
     assert 'complete needs --image' in error_line(run_script('sample.py', '--mode=complete', '--out_dir=out/serve',
                                                              cwd=work, check=False))
+
+
+def test_a_port_in_use_is_one_line(work, server):
+    p = run_script('sample.py', '--mode=serve', f'--port={server}', '--out_dir=out/serve', cwd=work, check=False, timeout=120)
+    assert f'cannot listen on 127.0.0.1:{server}' in error_line(p)

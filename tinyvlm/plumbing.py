@@ -24,14 +24,15 @@ FORMAT = 2  # of every checkpoint and meta.json: raised whenever what they hold 
 
 
 def start_script():
-    """What each script does first: errors the user can fix (tinyvlm.Error, and a file or folder the
-    system refuses) end the script with one line, 'error: ...', and status 1, never a traceback; and
-    freed memory is kept for reuse (keep_freed_memory)."""
+    """What each script does first: errors the user can fix (tinyvlm.Error, and what the system refuses:
+    a file or folder, a full disk) end the script with one line, 'error: ...', and status 1, never a
+    traceback; and freed memory is kept for reuse (keep_freed_memory)."""
     def hook(kind, value, tb):
         if issubclass(kind, Error):
             print(f"error: {value}", file=sys.stderr)
-        elif issubclass(kind, OSError) and value.filename:
-            print(f"error: {value.filename}: {value.strerror or value}", file=sys.stderr)
+        elif issubclass(kind, OSError):
+            print(f"error: {str(value.filename) + ': ' if value.filename else ''}{value.strerror or value}",
+                  file=sys.stderr)
         else:  # a bug: the whole traceback
             sys.__excepthook__(kind, value, tb)
     sys.excepthook = hook

@@ -352,7 +352,11 @@ def make_server(page, host, port):
         request_queue_size = BACKLOG  # a burst of requests waits for the lock rather than being reset
         address_family = socket.AF_INET6 if ':' in host else socket.AF_INET
 
-    server = Server((host, port), Handler)
+    try:
+        server = Server((host, port), Handler)
+    except OSError as e:  # a name that does not resolve, a port in use or not ours to take
+        raise Error(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port, or a --host this "
+                    f"machine has")
     with open(PAGE, encoding='utf-8') as f:
         server.html = f.read()
     server.page, server.hosts = page, allowed_hosts(host)

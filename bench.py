@@ -123,7 +123,7 @@ def train_throughput(cfg, procs):
         args = [] if cfg == 'default' else [os.path.join(HERE, cfg)]
         launch = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={procs}'] if procs > 1 else []
         cmd = [sys.executable, *launch, os.path.join(HERE, 'train.py'), *args, f'--data_dir={os.path.abspath(data_dir)}',
-               f'--out_dir={tmp}', f'--max_iters={train_window * (repeats + 1)}', f'--log_interval={train_window}',
+               f'--out_dir={tmp}', f'--max_iters={train_window * (repeats + 1)}', '--cycles=1', f'--log_interval={train_window}',
                '--eval_interval=100000', '--eval_iters=1', '--eval_classify=10', f'--device={device}']
         p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:

@@ -53,8 +53,9 @@ task_names, bounds = list(weights), np.cumsum(list(weights.values()))
 bounds /= bounds[-1]
 tok, tok_ckpt = load_tokenizer(tokenizer)
 splits, info = reload_dataset(tok_ckpt['dataset'], quiet=False)
-grid = tok.grid if tok.kind == 'conv' and tok_ckpt['model_args']['stages'] == 1 else 0  # one raster grid, or none
-codec = Codec(info['classes'], info['key'], tok.codebook_size, tok.tokens_per_image, block_size, grid=grid)
+grid = tok.grid if tok.kind in ('conv', 'ink') and tok_ckpt['model_args']['stages'] == 1 else 0  # one raster grid, or none
+lead = tok.tokens_per_image - grid * grid if grid else 0  # codes of the whole image before the grid's
+codec = Codec(info['classes'], info['key'], tok.codebook_size, tok.tokens_per_image, block_size, grid=grid, lead=lead)
 if codec.vocab_size > np.iinfo(np.uint16).max:
     raise Error(f"a vocabulary of {codec.vocab_size} tokens does not fit uint16 token ids")
 g = torch.Generator().manual_seed(seed)
@@ -111,7 +112,7 @@ finally:  # a failed run leaves the folder as it was
         if os.path.exists(path):
             os.remove(path)
 meta = dict(format=FORMAT, dataset=info, classes=codec.classes, key=codec.key, tasks=codec.tasks, vocab=codec.itos,
-            vocab_size=codec.vocab_size, block_size=codec.block_size, tokens_per_image=codec.tokens_per_image, grid=grid,
+            vocab_size=codec.vocab_size, block_size=codec.block_size, tokens_per_image=codec.tokens_per_image, grid=grid, lead=lead,
             codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
             tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment,
             moves=dict(shift=shift, rotate=rotate, scale=scale, flip=flip), splits=counts, shares=weights, files=files)

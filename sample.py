@@ -187,7 +187,13 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
 
     ref_path = reference or os.path.join('out', f"reference_{safe_name(info['name'])}.pt")
     cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
-    q = dict(iter=ck['iter_num'], reference=ref_path, reference_test_accuracy=ref_acc,
+    read = results[-1]['classification_accuracy']
+    weak = None  # a judge that reads real images worse than the model does cannot tell its drawings' errors from its own
+    if ref_acc < 0.9 or ref_acc < read - results[-1]['classification_stderr']:
+        weak = (f"the reference classifier reads only {ref_acc:.4f} of the real test images (the model {read:.4f}): "
+                f"fidelity figures are bounded by its errors as much as by the model's")
+        print(f"warning: {weak}")
+    q = dict(iter=ck['iter_num'], reference=ref_path, reference_test_accuracy=ref_acc, reference_warning=weak,
              **quality(model, codec, tok, cnn, test_images, test_labels, test_codes, fidelity_samples, sampling,
                        seed + 1))
     print(f"quality (reference classifier, {ref_acc:.4f} on {info['title']} test): reconstructions read correctly "

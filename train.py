@@ -57,7 +57,10 @@ muon = True                    # gpt.Muon: the same loss in fewer iterations tha
 batch_size = 128               # sequences per optimizer step, over all processes and micro-steps
 gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
 learning_rate = 3e-3
-max_iters = 1200
+max_iters = 1200               # one cycle of the learning rate; the run ends after the first cycle whose reading has
+cycles = 4                     # stopped rising, at most this many: while the val accuracy rose over the cycle's last
+                               # eval_interval by more than two standard errors, another cycle follows (a warm restart,
+                               # SGDR): small or hard data gets more iterations, MNIST's 60,000 images stop at the first
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
@@ -66,8 +69,8 @@ ema = 0.999                    # evaluate and save a moving average of the weigh
                                # iteration t as TensorFlow's ExponentialMovingAverage (Polyak & Juditsky 1992): it
                                # reads better than the last weights; 0 = the last weights
 tail_average = 0.0             # over the last this fraction of max_iters, the plain mean of the weights instead, restarted
-                               # there (stochastic weight averaging, Izmailov et al. 2018)
-# learning rate: linear warm-up, then cosine decay to min_lr
+                               # there (stochastic weight averaging, Izmailov et al. 2018); in the last cycle
+# learning rate: linear warm-up, then cosine decay to min_lr, in every cycle (without the warm-up after the first)
 decay_lr = True
 warmup_iters = 100
 lr_decay_iters = 1200          # about max_iters, as in Chinchilla
@@ -146,22 +149,27 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=meta
                   code_features=code_features.size(1) if embed_codes else 0)
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-    checkpoint = load_checkpoint(ckpt_path, 'checkpoint to resume', 'train.py', ('model', 'optimizer', 'iter_num'))
+    checkpoint = load_checkpoint(ckpt_path, 'checkpoint to resume', 'train.py', ('model', 'optimizer', 'iter_num',
+                                                                                'end_iter'))
     check_data(checkpoint, meta, ckpt_path, data_dir)
     for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'code_offset', 'code_features'):
         model_args[k] = checkpoint['model_args'][k]
     print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
 model = GPT(GPTConfig(**model_args))
+end_iter = max_iters  # where the run ends now: a cycle later each time the reading still rises
+last_accuracy = None  # the val accuracy of the last evaluation
 if init_from == 'resume':
     model.load_state_dict(checkpoint['trained'] if 'trained' in checkpoint else checkpoint['model'])  # 'model': the average
-    iter_num = checkpoint['iter_num']
+    iter_num, last_accuracy = checkpoint['iter_num'], checkpoint['val_accuracy']
+    # the cycles the run chose, unless another length is asked for now
+    end_iter = checkpoint['end_iter'] if checkpoint['config']['max_iters'] == max_iters else max_iters
     run = checkpoint['run']
 elif embed_codes:
     model.code_features.copy_(code_features)
 model.to(device)
 averaging = bool(ema or tail_average)
 # the plain mean: of the weights after each step past tail_start (at least the last step's, however small the fraction)
-tail_start = max_iters - (max(1, round(tail_average * max_iters)) if tail_average else 0)
+tail = max(1, round(tail_average * max_iters)) if tail_average else 0
 averaged = copy.deepcopy(model) if averaging else model  # what is evaluated and saved; float32 as the weights
 if averaging and init_from == 'resume':
     averaged.load_state_dict(checkpoint['model'])
@@ -212,26 +220,30 @@ def evaluate():
 
 
 def get_lr(it):
-    """Linear warm-up for warmup_iters, then cosine decay to min_lr at lr_decay_iters (SGDR, Loshchilov
-    & Hutter 2016)."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
+    """Linear warm-up for warmup_iters, then cosine decay to min_lr at lr_decay_iters; each further cycle
+    of max_iters starts again from learning_rate without a warm-up (SGDR, Loshchilov & Hutter 2016)."""
+    start = min(it, end_iter - 1) // max_iters * max_iters
+    warmup = warmup_iters if start == 0 else 0
+    it -= start
+    if it < warmup:
+        return learning_rate * (it + 1) / (warmup + 1)
     if it >= lr_decay_iters:  # also where the warm-up is as long as the decay
         return min_lr
-    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    ratio = (it - warmup) / (lr_decay_iters - warmup)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def still_rising(before, now, n):
+    """Whether val accuracy rose from `before` to `now` (over n images) by more than two standard errors."""
+    return before is not None and now - before > 2 * math.sqrt(max(now * (1 - now), 1 / n) / n)
 
 
 X, Y, M = get_batch('train', iter_num)
 t0 = time.time()
 t_start, iter_start = t0, iter_num
 while True:
-    lr = get_lr(iter_num) if decay_lr else learning_rate
-    for opt in optimizers:
-        for param_group in opt.param_groups:
-            param_group['lr'] = lr
-
-    if master and iter_num > iter_start and (iter_num % eval_interval == 0 or iter_num == max_iters):
+    at_end = iter_num == end_iter
+    if master and iter_num > iter_start and (iter_num % eval_interval == 0 or at_end):
         ev = evaluate()
         if not all(math.isfinite(v) for v in ev.values()):
             raise Error(f"loss is not finite at iteration {iter_num} ({ev}); the last good checkpoint is kept in "
@@ -239,16 +251,29 @@ while True:
         elapsed = time.time() - t_start
         print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}, "
               f"val accuracy {ev['val_accuracy']:.4f} [{elapsed:.0f}s]", flush=True)
-        info = dict(run=run, iter_num=iter_num, model_args=model_args, data=data_signature(meta), config=config,
-                    val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
+        if at_end and iter_num < cycles * max_iters and still_rising(last_accuracy, ev['val_accuracy'], len(val_labels)):
+            end_iter += max_iters
+            print(f"val accuracy still rising ({last_accuracy:.4f} -> {ev['val_accuracy']:.4f}): another cycle of "
+                  f"{max_iters} iterations, to {end_iter}", flush=True)
+        last_accuracy = ev['val_accuracy']
+        info = dict(run=run, iter_num=iter_num, end_iter=end_iter, model_args=model_args, data=data_signature(meta),
+                    config=config, val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
         save_checkpoint(dict(model=averaged.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
         trained = dict(trained=raw_model.state_dict()) if averaging else {}
         save_checkpoint(dict(model=averaged.state_dict(), **trained, optimizer=[opt.state_dict() for opt in optimizers],
                              rng_state=torch.get_rng_state(), **info),
                         os.path.join(out_dir, 'ckpt.pt'))
-    if iter_num >= max_iters:
+    if ddp and at_end:  # every process follows rank 0's decision
+        decision = torch.tensor([end_iter], device=device)
+        torch.distributed.broadcast(decision, 0)
+        end_iter = int(decision.item())
+    if iter_num >= end_iter:
         break
 
+    lr = get_lr(iter_num) if decay_lr else learning_rate  # after the decision: a new cycle starts at learning_rate
+    for opt in optimizers:
+        for param_group in opt.param_groups:
+            param_group['lr'] = lr
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # sync gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
@@ -268,7 +293,7 @@ while True:
         opt.zero_grad(set_to_none=True)
     scaler.update()
     if averaging and master:
-        n = iter_num + 1 - tail_start  # weights in the plain mean, this step's included (< 1: before the tail)
+        n = iter_num + 1 - (end_iter - tail)  # weights in the plain mean, this step's included (< 1: before the tail)
         # the ramp keeps the first, random weights from lingering in the moving average
         decay = 1 - 1 / n if n >= 1 else min(ema, (1 + iter_num) / (10 + iter_num))
         with torch.no_grad():

@@ -5,13 +5,17 @@ data set's training split with early stopping on its validation split, and repor
     python vqvae.py                              # MNIST: a 7x7 grid of codes from 125 (FSQ 5,5,5)
     python vqvae.py --idx_dir=../shared/mnist    # no network: take the IDX files from a local folder
     python vqvae.py --dataset=fashion --idx_dir=../shared/fashion-mnist
-    python vqvae.py --dataset=path/to/my_images  # a folder of class folders (see tinyvlm/datasets.py)
+    python vqvae.py --dataset=path/to/my_images  # a folder of class folders (see tinyvlm/datasets.py); for colour
+                                                 # drawings in one ink on one paper: two colour codes, then a grid
     python vqvae.py config/vqvae_seed.py         # the published MLP tokenizer: 8 tokens from 26 codes
     python vqvae.py --kind=1d --tokens_per_image=16          # 16 tokens in no place (TiTok)
     python vqvae.py --grid=4 --stages=2 --levels=8,5,5,5     # a 4x4 grid, then its detail (residual FSQ)
 
-FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and needs no
-auxiliary losses. Binary cross-entropy needs the decoder's output bias to start at the mean pixel's
+The tokenizer's kind and capacity follow the data unless set (kind='', levels='', hidden=0): grey
+images get MNIST's; colour images that one ink on one paper explains (letters, drawings, shapes) the ink
+tokenizer, which codes the two colours apart from the shape; other colour images (photos) more codes and
+channels. FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and
+needs no auxiliary losses. Binary cross-entropy needs the decoder's output bias to start at the mean pixel's
 logit and a learning-rate warm-up: without them every image can get the same code. The checkpoint
 carries the data set (datasets.load_dataset's info), so prepare.py, train.py and sample.py need not
 be told it again.
@@ -29,7 +33,7 @@ from tinyvlm.configurator import configure, parse_levels
 from tinyvlm.datasets import load_dataset
 from tinyvlm.images import as_float, save_image_grid
 from tinyvlm.plumbing import Progress, autocast, pick_device, pick_dtype, start_script, write_json
-from tinyvlm.tokenizers import make_tokenizer
+from tinyvlm.tokenizers import make_tokenizer, two_colour_share
 
 start_script()  # errors the user can fix end in one line
 
@@ -39,17 +43,20 @@ out_dir = 'out/vqvae'      # the checkpoint (ckpt.pt), metrics.json and reconstr
 dataset = 'mnist'          # 'mnist', 'fashion', or a folder of class folders (see tinyvlm/datasets.py)
 idx_dir = ''               # mnist/fashion: a folder holding the four IDX .gz files; '' = download from the mirrors
 image_size = 0             # images are resized to image_size x image_size; 0 = the data set's own (28 for MNIST)
-kind = 'conv'              # 'conv': a grid x grid map of codes; '1d': tokens_per_image latent tokens (TiTok);
-                           # 'mlp': the published 784 -> hidden -> latent_dim
+kind = ''                  # 'conv': a grid x grid map of codes; 'ink': the colours of one ink and one paper, then a
+                           # conv grid of where the ink is; '1d': tokens_per_image latent tokens (TiTok); 'mlp': the
+                           # published 784 -> hidden -> latent_dim; '' = from the data: 'ink' for colour images that
+                           # ink_and_paper keeps at least INK_SHARE of, else 'conv'
 quantizer = 'fsq'          # 'fsq': finite scalar quantisation with levels; 'vq': a learned codebook
-levels = '5,5,5'           # fsq: values per latent channel; the codebook is their product (125)
+levels = ''                # fsq: values per latent channel, the codebook their product; '' = from the data (FITTED)
 grid = 0                   # conv: codes per side; 1d: patches per side; 0 = image_size / 4 (7 for MNIST)
-hidden = 64                # conv: channels; mlp: hidden units
+hidden = 0                 # conv: channels; mlp: hidden units; 0 = from the data (FITTED)
 latent_dim = 32            # vq: mlp: the whole latent, cut into tokens_per_image chunks; conv: per cell
 tokens_per_image = 8       # mlp and 1d (conv has grid * grid)
 depth = 0                  # conv: residual blocks at the grid, each side; 1d: transformer layers, each side (at least 1)
 stages = 1                 # conv + fsq: codes per grid cell, coarse to fine (residual FSQ); tokens: stage by stage
 latent_norm = False        # fsq: standardise each latent channel (batch statistics) so that none sticks at one level
+                           # (a hidden from the data turns it on where it chooses 128 channels)
 codebook_size = 26         # vq only: 26 or fewer codes become the letters A..Z
 beta = 0.25                # vq only: commitment cost
 loss = 'bce'               # 'bce': pixels as Bernoulli logits (sharper); 'mse': squared error (the published MLP's)
@@ -64,6 +71,13 @@ seed = 1337
 device = 'auto'            # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'             # training: bfloat16 autocast where faster here (plumbing.fast_bf16), else float32
 # -----------------------------------------------------------------------------
+# what levels='' and hidden=0 become, by the kind and the images' channels (docs/experiments.md): grey images and
+# ink maps get MNIST's capacity (8,8,8 gives an ink tokenizer's colours steps of 1/7); other colour images need more
+# codes and channels (each place says its colours as well as its shape), and 128 channels need latent_norm to keep
+# every code in use
+FITTED = {('conv', 1): dict(levels='5,5,5', hidden=64), ('ink', 3): dict(levels='8,8,8', hidden=64),
+          ('conv', 3): dict(levels='8,5,5,5', hidden=128, latent_norm=True)}
+INK_SHARE = 0.8  # glyphs on shaded paper with specks keep 0.90, flat shapes 0.99, photos far less
 
 
 @torch.no_grad()
@@ -86,6 +100,20 @@ g = torch.Generator().manual_seed(seed)
 t0 = time.time()
 splits, info = load_dataset(dataset, idx_dir, image_size)
 train, val, test = (as_float(splits[s][0], device) for s in ('train', 'val', 'test'))
+fitted = {}
+if kind == '':
+    share = two_colour_share(train[:2000]) if info['channels'] == 3 else 0.0
+    ink_fits = quantizer == 'fsq' and stages == 1 and (levels == '' or len(parse_levels(levels)) == 3)  # as set
+    fitted['kind'] = 'ink' if share >= INK_SHARE and ink_fits else 'conv'
+fits = FITTED.get((fitted.get('kind', kind), info['channels']), FITTED[('conv', info['channels'])])
+fitted.update({k: v for k, v in fits.items()
+               if ((config['hidden'] == 0 and quantizer == 'fsq') if k == 'latent_norm' else config[k] in ('', 0))})
+if fitted:
+    globals().update(fitted)
+    config.update(fitted)
+    print(f"from the data ({'colour' if info['channels'] == 3 else 'grey'} images"
+          + (f", {share:.2f} of them one ink on one paper" if info['channels'] == 3 and 'kind' in fitted else '') + "): "
+          + ', '.join(f"{k}={v}" for k, v in fitted.items()))
 
 tok = make_tokenizer(kind=kind, quantizer=quantizer, image_size=info['image_size'], channels=info['channels'],
                      hidden=hidden, latent_dim=latent_dim, tokens_per_image=tokens_per_image, codebook_size=codebook_size,
@@ -93,7 +121,7 @@ tok = make_tokenizer(kind=kind, quantizer=quantizer, image_size=info['image_size
                      latent_norm=latent_norm).to(device)
 if loss == 'bce':  # start from the mean image's brightness, not from grey, so the first steps do not
     with torch.no_grad():  # push every latent the same way (without this and the warm-up: one code for all)
-        mean = train.mean().item()
+        mean = tok.targets(train).mean().item()
         tok.output_bias().fill_(math.log(mean / (1 - mean)))
 if quantizer == 'vq':
     with torch.no_grad():  # k-means initialisation of the codebook on the untrained encoder's outputs

@@ -34,7 +34,7 @@ def mnist_dir():
     pytest.skip('MNIST files not found in ../shared/mnist or data/mnist')
 
 
-TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_iters=2',
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=32', '--eval_iters=2', '--cycles=1',
         '--eval_classify=100', '--warmup_iters=5', '--lr_decay_iters=40', '--log_interval=10']
 
 

@@ -1,12 +1,15 @@
 """
 What makes the tests' data, made from nothing (no network, no files from elsewhere): small IDX files,
 folders of class folders, colour shapes, images as people have them, a tiny prepared data folder, and
-drawings as the page sends them. The colour shapes also make the README's colour row:
+drawings as the page sends them. The colour shapes and glyphs also make the README's own-images rows:
 
-    python tests/make_data.py data/shapes 1000      # 4 classes x 1000 images, 32x32 PNG files
+    python tests/make_data.py data/shapes 1000          # 4 shapes x 1000 images, 32x32 PNG files
+    python tests/make_data.py data/glyphs 700 glyphs    # 10 glyphs x 700 images, 40x40 PNG files
 
-The shapes' class is the shape, never the colour, so a model has to read and draw the shape; their
-class names have a space and a non-ASCII letter, as people's own folders do.
+The class is the shape or the glyph, never the colour, so a model has to read and draw the shape; the
+class names have a space and a non-ASCII letter, as people's own folders do. Glyphs are harder: letters
+that differ in a stroke (E and F, P and R, O and Q) in several fonts, moved, turned and scaled, in ink of
+any colour on paper of any other (shaded, sometimes of the same brightness), with specks of dust.
 """
 import base64
 import gzip
@@ -51,7 +54,7 @@ def tiny_prepared(d, codec=None, sizes=(('train', 200), ('val', 50))):
             write(str(d / name))
             files[name] = hashlib.sha256((d / name).read_bytes()).hexdigest()
     write_json(str(d / 'meta.json'), dict(format=FORMAT, dataset={}, classes=codec.classes, key=codec.key, tasks=codec.tasks,
-                                          vocab=codec.itos, block_size=codec.block_size, grid=0, tokens_per_image=8,
+                                          vocab=codec.itos, block_size=codec.block_size, grid=0, lead=0, tokens_per_image=8,
                                           codebook_size=26, tokenizer='none', tokenizer_sha256='', dtype='uint16',
                                           moves=dict(flip=False), files=files))
     return d
@@ -141,6 +144,65 @@ def make_shapes(root, per_class, size=32, seed=0, classes=CLASSES):
     return root
 
 
+GLYPHS = {'A': 'A', 'B': 'B', 'E': 'E', 'F': 'F', 'O': 'O', 'Q': 'Q', 'P': 'P', 'R': 'R', 'é': 'é',
+          'grand Ω': 'Ω'}
+
+
+def glyph_fonts():
+    """Font files with every glyph: the machine's DejaVu and Liberation fonts, else PIL's own font."""
+    found = []
+    for folder in ('/usr/share/fonts/truetype/dejavu', '/usr/share/fonts/truetype/liberation'):
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                      if f.endswith('.ttf') and 'Math' not in f and 'ExtraLight' not in f]
+    return found or [None]
+
+
+def draw_glyph(char, rng, fonts, size=40):
+    """One RGB picture (PIL image) of the character: a random font, size, place and turn, ink and paper
+    of random colours at least a clear step apart, a shaded paper and specks."""
+    from PIL import Image, ImageDraw, ImageFont
+    scale = 4
+    big = size * scale
+    while True:  # ink and paper clearly apart in colour, if not always in brightness
+        paper, ink = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        if np.linalg.norm(paper - ink) > 0.6:
+            break
+    font_file = fonts[rng.integers(len(fonts))]
+    px = int(rng.uniform(0.45, 0.75) * big)
+    font = ImageFont.truetype(font_file, px) if font_file else ImageFont.load_default(px)
+    mask = Image.new('L', (2 * big, 2 * big), 0)
+    ImageDraw.Draw(mask).text((big, big), char, fill=255, font=font, anchor='mm')
+    mask = mask.rotate(rng.uniform(-25, 25), resample=Image.BICUBIC, center=(big, big))
+    l, t, r, b = mask.getbbox()
+    glyph = mask.crop((l, t, r, b))
+    x0 = int(rng.uniform(0, max(1, big - glyph.width)))
+    y0 = int(rng.uniform(0, max(1, big - glyph.height)))
+    m = np.zeros((big, big), dtype=np.float32)
+    g = np.asarray(glyph, dtype=np.float32)[:big - y0, :big - x0] / 255
+    m[y0:y0 + g.shape[0], x0:x0 + g.shape[1]] = g
+    ramp = np.linspace(-1, 1, big)
+    angle = rng.uniform(0, 2 * math.pi)
+    shade = (np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None])[..., None] * rng.uniform(0, 0.12)
+    a = np.clip(paper + shade, 0, 1) * (1 - m[..., None]) + ink * m[..., None]
+    im = Image.fromarray((a * 255).round().astype(np.uint8)).resize((size, size), Image.LANCZOS)
+    a = np.asarray(im, dtype=np.float32) / 255
+    for _ in range(rng.integers(0, 4)):  # specks of dust
+        y, x = rng.integers(0, size, 2)
+        a[y, x] = rng.uniform(0, 1, 3)
+    return Image.fromarray((a * 255).round().astype(np.uint8))
+
+
+def make_glyphs(root, per_class, size=40, seed=0, classes=GLYPHS):
+    """Write per_class PNG files of each glyph class into root/CLASS/."""
+    rng, fonts = np.random.default_rng(seed), glyph_fonts()
+    for name, char in classes.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            draw_glyph(char, rng, fonts, size).save(os.path.join(root, name, f'{i:05d}.png'))
+    return root
+
+
 # images as people have them ----------------------------------------------------------------------------
 
 def stroke(size=(60, 80), dark=True):
@@ -201,7 +263,9 @@ def drawing_url(vertical=True):
 
 
 if __name__ == '__main__':
-    if len(sys.argv) != 3 or not sys.argv[2].isdigit():
-        raise SystemExit("usage: python tests/make_data.py FOLDER IMAGES_PER_CLASS")
-    make_shapes(sys.argv[1], int(sys.argv[2]))
-    print(f"wrote {int(sys.argv[2]) * len(CLASSES)} images of {', '.join(CLASSES)} in {sys.argv[1]}")
+    if len(sys.argv) not in (3, 4) or not sys.argv[2].isdigit() or sys.argv[3:] not in ([], ['shapes'], ['glyphs']):
+        raise SystemExit("usage: python tests/make_data.py FOLDER IMAGES_PER_CLASS [shapes|glyphs]")
+    glyphs = sys.argv[3:] == ['glyphs']
+    (make_glyphs if glyphs else make_shapes)(sys.argv[1], int(sys.argv[2]))
+    names = list(GLYPHS) if glyphs else CLASSES
+    print(f"wrote {int(sys.argv[2]) * len(names)} images of {', '.join(names)} in {sys.argv[1]}")

@@ -113,3 +113,32 @@ def test_image_files_that_cannot_be_read_get_one_line(make, message, tmp_path):
     with pytest.raises(ImageError) as e:
         read_image_file(path, MNIST_INFO)
     assert message in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('paper, ink', [((220, 30, 30), (0, 0, 0)),       # black ink on red paper
+                                        ((40, 160, 40), (200, 60, 60)),    # red on green, of about one brightness
+                                        ((250, 250, 250), (20, 20, 20)),   # dark on white
+                                        ((0, 0, 0), (255, 255, 255))])     # light on black
+def test_a_drawing_is_what_differs_from_the_paper_in_colour(paper, ink, tmp_path):
+    """What is drawn is what differs from the paper in colour, not only in brightness: MNIST sees every
+    one of these as a light stroke on black."""
+    from PIL import Image
+    canvas = np.zeros((90, 70, 3), dtype=np.uint8) + np.array(paper, dtype=np.uint8)
+    canvas[20:70, 30:38] = ink
+    Image.fromarray(canvas).save(tmp_path / 'one.png')
+    assert is_bar(read_image_file(str(tmp_path / 'one.png'), MNIST_INFO))
+
+
+def test_moved_images_bring_in_their_paper():
+    """Moving a drawing on coloured paper brings in its paper's colour, not black corners; on black
+    (MNIST) it brings in black, exactly as before."""
+    paper = torch.tensor([0.8, 0.3, 0.1])[None, :, None, None]
+    x = paper.repeat(50, 1, 28, 28)
+    x[:, :, 10:18, 12:16] = torch.tensor([0.1, 0.1, 0.9])[None, :, None, None]
+    y = augmented(x, torch.Generator().manual_seed(0), 3.0, 30.0, 0.2)
+    corners = torch.cat([y[..., :2, :2], y[..., -2:, -2:]], -1)
+    assert (corners - paper).abs().max() < 1e-5
+    assert (shifted(x, 2, -2)[..., :, :2] - paper).abs().max() < 1e-6
+    black = torch.zeros(4, 1, 28, 28)
+    black[:, :, 10:18, 12:16] = 1
+    assert shifted(black, 1, 0)[..., :, 0].abs().max() == 0

@@ -24,3 +24,11 @@ def test_read_labels_second_look():
     both = once.log() + model.next_token_probs(codec.prompts('classification', 'label', codes=flipped), codec.label_ids).log()
     two = read_labels(model, codec, tok, codes, x, views=2, threshold=1.0, mirror=True)
     assert torch.allclose(two, torch.softmax(both / 2, 1), atol=1e-5)
+
+
+def test_kept_rows_keep_the_codes_of_the_whole_image():
+    from tinyvlm.inference import kept_rows
+    from tinyvlm.sequences import Codec
+    codec = Codec(list('ab'), 'class', 512, 2 + 49, grid=7, lead=2)
+    assert kept_rows(codec, 3) == 2 + 21 and kept_rows(codec, 0) == 2
+    assert kept_rows(Codec(list('ab'), 'class', 1000, 16), 3) == 3  # no grid: single tokens

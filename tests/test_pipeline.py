@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, error_line, run_script
+from make_data import make_folder
 
 
 def code_class(meta):
@@ -136,6 +137,28 @@ def test_resume_continues_exactly(work):
     assert error_line(p) == "error: out/resumed/ckpt.pt was trained with muon=True: resume with that setting"
 
 
+def test_cycles_follow_the_reading(work):
+    """A cycle's end starts another (from the full learning rate, SGDR) exactly when its val accuracy rose
+    over the cycle's last evaluation interval by more than two standard errors; the run's last
+    checkpoint is where it stopped."""
+    p = run_script('train.py', *[a for a in TINY if a != '--cycles=1'], '--cycles=3', '--max_iters=10',
+                   '--eval_interval=5', '--lr_decay_iters=10', '--warmup_iters=2', '--learning_rate=1e-2',
+                   '--log_interval=1', '--out_dir=out/cycles', cwd=work)
+    acc = {int(i): float(a) for i, a in re.findall(r'step (\d+): .* val accuracy ([\d.]+)', p.stdout)}
+    lr = {int(i): float(v) for i, v in re.findall(r'iter (\d+): .* lr ([\d.e+-]+)', p.stdout)}
+    end = 10
+    while True:
+        se = (max(acc[end] * (1 - acc[end]), 1 / 100) / 100) ** 0.5
+        rising = acc[end] - acc[end - 5] > 2 * se
+        assert (f'another cycle of 10 iterations, to {end + 10}' in p.stdout) == (rising and end < 30)
+        if not rising or end == 30:
+            break
+        assert lr[end + 1] == 1e-2 and lr[end] < 1e-2  # a warm restart at the new cycle's first step
+        end += 10
+    assert max(acc) == end and (work / f'out/cycles/ckpt_{end}.pt').is_file()
+    assert torch.load(work / 'out/cycles/ckpt.pt', weights_only=True)['end_iter'] == end
+
+
 def test_tail_average_is_the_mean_of_the_last_weights(work):
     """With tail_average, the weights saved at the end are the plain mean of those after each of the last steps."""
     run_script('train.py', *TINY, '--max_iters=4', '--eval_interval=1', '--ema=0', '--out_dir=out/last', cwd=work)
@@ -240,49 +263,83 @@ def test_clear_errors(work, tmp_path):
 
 
 def test_colour_folder_through_the_whole_pipeline(tmp_path):
-    """A user's folder of colour images (class names with a space and a non-ASCII letter, one file that
-    is not an image) through all four scripts: the data set is named once, to vqvae.py."""
-    from make_data import CLASSES, make_shapes
-    root = make_shapes(str(tmp_path / 'my images'), 12, size=24)
-    (tmp_path / 'my images' / 'triangle' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n but cut short')
-    p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--hidden=16', '--max_epochs=2', '--min_iters=0', cwd=tmp_path)
+    """A user's folder of colour glyphs (ink and paper of any colours, several fonts, moved and turned;
+    class names with a space and a non-ASCII letter; one file that is not an image) through all four
+    scripts: the data set is named once, to vqvae.py, which sees one ink on one paper and gives the
+    colours two codes before a grid of where the ink is."""
+    from make_data import GLYPHS, make_glyphs
+    classes = sorted(GLYPHS)
+    root = make_glyphs(str(tmp_path / 'my images'), 10, size=24)
+    (tmp_path / 'my images' / 'grand Ω' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n but cut short')
+    p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--max_epochs=1', '--min_iters=0', cwd=tmp_path)
     assert 'warning: skipped 1 unreadable image file' in p.stdout and '16x16 colour' in p.stdout
+    assert re.search(r'from the data \(colour images, 0\.\d\d of them one ink on one paper\): kind=ink, levels=8,8,8, '
+                     r'hidden=64', p.stdout)
     ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
-    assert ck['dataset']['classes'] == sorted(CLASSES) and ck['model_args']['channels'] == 3
+    assert ck['dataset']['classes'] == classes and ck['model_args']['channels'] == 3
+    assert (ck['model_args']['kind'], ck['model_args']['levels'], ck['model_args']['tokens_per_image']) == ('ink', [8, 8, 8], 18)
     run_script('prepare.py', '--augment=1', '--shares=1,3', cwd=tmp_path)
     meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     assert meta['shares'] == {'generation': 1.0, 'classification': 3.0}
-    assert 50 <= meta['splits']['train']['classification'] <= 70  # about 3/4 of 80
-    assert meta['classes'] == sorted(CLASSES) and meta['key'] == 'class' and meta['tokens_per_image'] == 16
-    assert meta['grid'] == 4  # 16x16 images, a conv tokenizer's 4x4 grid of codes
+    assert 100 <= meta['splits']['train']['classification'] <= 140  # about 3/4 of 160
+    assert meta['classes'] == classes and meta['key'] == 'class' and meta['tokens_per_image'] == 18
+    assert (meta['lead'], meta['grid']) == (2, 4)  # the two colours, then a 4x4 grid of codes for 16x16 images
     lines = (tmp_path / 'data/vlm/train.txt').read_text(encoding='utf-8').splitlines()
-    names = '|'.join(re.escape(c) for c in CLASSES)
+    names = '|'.join(re.escape(c) for c in sorted(classes, key=len, reverse=True))
     code = code_class(meta)
-    pat = re.compile(rf'(class:({names}), image:{code}{{16}}\.|image:{code}{{16}}, class:({names})\.)#*')
-    assert len(lines) == 2 * 40 and all(pat.fullmatch(s) for s in lines)
-    assert any('class:hollow square' in s for s in lines) and any('class:étoile' in s for s in lines)
-    assert np.load(tmp_path / 'data/vlm/test_images.npy').shape == (4, 3, 16, 16)
+    pat = re.compile(rf'(class:({names}), image:{code}{{18}}\.|image:{code}{{18}}, class:({names})\.)#*')
+    assert len(lines) == 2 * 80 and all(pat.fullmatch(s) for s in lines)
+    assert any('class:grand Ω' in s for s in lines) and any('class:é' in s for s in lines)
+    assert np.load(tmp_path / 'data/vlm/test_images.npy').shape == (10, 3, 16, 16)
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--eval_classify=8', cwd=tmp_path)
-    p = run_script('sample.py', '--num_samples=3', '--fidelity_samples=5', '--views=3', cwd=tmp_path)
+    p = run_script('sample.py', '--num_samples=3', '--fidelity_samples=2', '--views=3', cwd=tmp_path)
     report = json.loads((tmp_path / 'out/vlm/eval.json').read_text(encoding='utf-8'))
-    assert report['classes'] == sorted(CLASSES) and report['quality']['generated'] == 20
-    assert report['quality']['reference'] == 'out/reference_my-images.pt' and (tmp_path / 'out/reference_my-images.pt').is_file()
-    assert [r['iter'] for r in report['checkpoints']] == [10, 20] and report['checkpoints'][-1]['n_test'] == 4
-    assert set(report['quality']['generation_fidelity_per_class']) == set(CLASSES)
+    q = report['quality']
+    assert report['classes'] == classes and q['generated'] == 20
+    assert q['reference'] == 'out/reference_my-images.pt' and (tmp_path / 'out/reference_my-images.pt').is_file()
+    assert 'moved as prepare.py moves them' in p.stdout
+    # 80 training images teach the reference little: it says so, in the log and in eval.json
+    assert q['reference_test_accuracy'] < 0.9 and 'reference classifier reads only' in q['reference_warning']
+    assert 'warning: the reference classifier reads only' in p.stdout
+    assert [r['iter'] for r in report['checkpoints']] == [10, 20] and report['checkpoints'][-1]['n_test'] == 10
+    assert set(q['generation_fidelity_per_class']) == set(classes)
     from PIL import Image
     grid = Image.open(tmp_path / 'out/vlm/samples_20.png')
     assert grid.mode == 'RGB' and grid.width > 3 * 2 * 18 + 40  # three images a row and the class names left of them
-    p = run_script('sample.py', '--mode=generate', '--labels=étoile,hollow square', '--num_samples=2',
+    p = run_script('sample.py', '--mode=generate', '--labels=é,grand Ω', '--num_samples=2',
                    '--png_dir=out/png', cwd=tmp_path)
-    assert re.search(rf'class:étoile, image:{code}{{16}}\.', p.stdout)
-    assert sorted(os.listdir(tmp_path / 'out/png')) == ['hollow-square_0000.png', 'hollow-square_0001.png',
-                                                        'étoile_0000.png', 'étoile_0001.png']
-    Image.open(os.path.join(root, 'circle', '00003.png')).resize((50, 40)).save(tmp_path / 'mine.jpg')
+    assert re.search(rf'class:é, image:{code}{{18}}\.', p.stdout)
+    assert sorted(os.listdir(tmp_path / 'out/png')) == ['grand-Ω_0000.png', 'grand-Ω_0001.png', 'é_0000.png', 'é_0001.png']
+    Image.open(os.path.join(root, 'B', '00003.png')).resize((50, 40)).save(tmp_path / 'mine.jpg')
     p = run_script('sample.py', '--mode=classify', '--image=mine.jpg', cwd=tmp_path)
-    assert re.search(rf'mine\.jpg: ({names})  p: circle:0\.\d+ hollow square:', p.stdout)
+    assert re.search(rf'mine\.jpg: ({names})  p: ', p.stdout)
     assert Image.open(tmp_path / 'out/vlm/classify_input.png').size == (16, 16)
-    assert "unknown class 'square'" in error_line(run_script('sample.py', '--mode=generate', '--labels=square',
-                                                             cwd=tmp_path, check=False))
+    assert "unknown class 'C'" in error_line(run_script('sample.py', '--mode=generate', '--labels=C',
+                                                        cwd=tmp_path, check=False))
+
+
+def test_tokenizer_follows_the_data(tmp_path):
+    """vqvae.py's kind and capacity by the data: grey images get MNIST's, colour photos (smooth fields of
+    many colours, not one ink on one paper) a conv tokenizer with more codes and channels; what is set
+    stays set."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name in ('a', 'b'):
+        (tmp_path / 'photos' / name).mkdir(parents=True)
+        for i in range(6):
+            field = torch.nn.functional.interpolate(torch.tensor(rng.random((1, 3, 3, 3)), dtype=torch.float32),
+                                                    size=16, mode='bilinear')[0].permute(1, 2, 0).numpy()
+            Image.fromarray((field * 255).astype(np.uint8)).save(tmp_path / 'photos' / name / f'{i}.png')
+    p = run_script('vqvae.py', '--dataset=photos', '--max_epochs=1', '--min_iters=0', '--out_dir=out/p', cwd=tmp_path)
+    assert re.search(r'one ink on one paper\): kind=conv, levels=8,5,5,5, hidden=128, latent_norm=True', p.stdout)
+    p = run_script('vqvae.py', '--dataset=photos', '--max_epochs=1', '--min_iters=0', '--out_dir=out/q', '--hidden=32',
+                   '--kind=conv', cwd=tmp_path)
+    assert 'from the data (colour images): levels=8,5,5,5\n' in p.stdout  # latent_norm comes with a fitted hidden
+    args = torch.load(tmp_path / 'out/q/ckpt.pt', weights_only=True)['model_args']
+    assert (args['kind'], args['hidden'], args['latent_norm']) == ('conv', 32, False)
+    make_folder(tmp_path / 'grey', ['x', 'y'], n=6, size=16, grey=True)
+    p = run_script('vqvae.py', '--dataset=grey', '--max_epochs=1', '--min_iters=0', '--out_dir=out/g', cwd=tmp_path)
+    assert 'from the data (grey images): kind=conv, levels=5,5,5, hidden=64\n' in p.stdout
 
 
 @pytest.mark.parametrize('design', [['--kind=1d', '--tokens_per_image=16', '--grid=4'],

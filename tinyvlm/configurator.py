@@ -90,6 +90,8 @@ def parse_levels(v):
 
 
 def levels(v):
+    if v == '':
+        return None  # vqvae.py: from the data
     try:
         ls = parse_levels(v)
     except ValueError:
@@ -154,7 +156,7 @@ RULES = {
     'shares': shares,
     'block_size': lambda v: None if v == 0 or 8 <= v <= 65535 else '0 (as long as needed) or 8 to 65535',
     # the tokenizer
-    'kind': one_of('conv', '1d', 'mlp'),
+    'kind': one_of('', 'conv', 'ink', '1d', 'mlp'),
     'depth': integer(0, 24),
     'stages': integer(1, 8),
     'quantizer': one_of('fsq', 'vq'),
@@ -185,6 +187,7 @@ RULES = {
     'gradient_accumulation_steps': integer(1),
     'learning_rate': number(0, 10, lo_open=True),
     'max_iters': integer(1),
+    'cycles': integer(1, 100),
     'weight_decay': number(0, 10),
     'beta1': number(0, 1, hi_open=True),
     'beta2': number(0, 1, hi_open=True),
@@ -199,7 +202,8 @@ RULES = {
     'dtype': dtype,
     'seed': integer(0, 2 ** 63 - 1),
     'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
-    'latent_norm': None, 'flip': None,  # bools: the type says it all
+    'flip': None, 'latent_norm': None,  # bools: the type says it all
+    'vqvae.py:hidden': lambda v: None if v == 0 or 2 <= v <= 4096 else '0 (from the data) or 2 to 4096',
     # using the model
     'mode': one_of('eval', 'generate', 'classify', 'complete', 'serve'),
     'keep': integer(0, 4096),
@@ -229,8 +233,9 @@ RULES = {
 }
 
 CROSS = [  # rules over several settings of one script: (settings, rule taking their values in order)
-    (('stages', 'kind', 'quantizer'), lambda s, k, q: None if s == 1 or (k, q) == ('conv', 'fsq') else
+    (('stages', 'kind', 'quantizer'), lambda s, k, q: None if s == 1 or (k in ('', 'conv') and q == 'fsq') else
      "stages above 1 need kind 'conv' and quantizer 'fsq'"),
+    (('kind', 'quantizer'), lambda k, q: None if k != 'ink' or q == 'fsq' else "kind 'ink' needs quantizer 'fsq'"),
     (('latent_norm', 'quantizer'), lambda n, q: None if not n or q == 'fsq' else "latent_norm needs quantizer 'fsq'"),
     (('n_embd', 'n_head'), lambda e, h: None if e % h == 0 else f"n_embd ({e}) must be a multiple of n_head ({h})"),
     (('batch_size', 'gradient_accumulation_steps'), lambda b, s: None if b % s == 0 else

@@ -95,14 +95,13 @@ def centre_crop(a):
 
 
 def fit_object(a, size, box, centre, name='image'):
-    """A grey drawing or photo -> how MNIST and Fashion-MNIST were made: light on black (inverted when
-    the background is light), cropped to what is drawn, resized to fit a box x box square keeping its
-    shape, and placed in size x size by its centre of mass ('mass') or its bounding box ('box')."""
-    a = a[..., 0]
+    """A drawing or photo (H, W, 3) -> how MNIST and Fashion-MNIST were made: the object light on black,
+    cropped to what is drawn, resized to fit a box x box square keeping its shape, and placed in
+    size x size by its centre of mass ('mass') or its bounding box ('box'). What is drawn is what differs
+    from the paper (the median colour of the border) in colour, not only in brightness: black ink on red
+    paper and red ink on green paper of the same brightness are drawings as much as white on black."""
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if np.median(border) > 0.5:  # dark drawing on light paper
-        a, border = 1.0 - a, 1.0 - border
-    a = np.clip(a - np.median(border), 0, None)
+    a = np.sqrt(((a - np.median(border, 0)) ** 2).mean(2))  # the distance from the paper, 0 to 1
     if a.max() < 0.1:
         raise ImageError(f"{name} is blank: expected a drawing or an object on a plain background")
     a = a / a.max()
@@ -128,9 +127,9 @@ def prepare_image(im, info, name='image'):
     Fashion-MNIST as they were made (fit_object), for a folder centre-cropped to a square and resized.
     The one preparation for image files, folders and drawings on the web page."""
     size, channels = info['image_size'], info['channels']
-    a = image_array(im, channels)
     if info.get('fit'):
-        return fit_object(a, size, name=name, **info['fit'])
+        return fit_object(image_array(im, 3), size, name=name, **info['fit'])
+    a = image_array(im, channels)
     return np.clip(_resize(centre_crop(a), (size, size)), 0, 1).transpose(2, 0, 1)
 
 
@@ -152,30 +151,43 @@ def as_float(images, device='cpu'):
 # moving images
 
 
+def background(images):
+    """The colour of what lies around each image (N, C, H, W): the median of its border, per channel
+    (N, C, 1, 1). What moving an image brings in from outside: black for MNIST, the paper's colour
+    for a drawing on coloured paper, never black corners there."""
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], -1)
+    return border.median(-1).values[..., None, None]
+
+
 def shifted(images, dx, dy):
-    """images (N, C, H, W) moved dx pixels right and dy down (ints, or one per image), zeros coming in."""
+    """images (N, C, H, W) moved dx pixels right and dy down (ints, or one per image), the background
+    coming in."""
     n, c, h, w = images.shape
+    bg = background(images)
+    images = images - bg
     dx, dy = (torch.as_tensor(d, device=images.device).long().expand(n) for d in (dx, dy))
     m = int(max(dx.abs().max(), dy.abs().max(), 0)) if n else 0
     padded = F.pad(images, (m, m, m, m))
     rows = torch.arange(h, device=images.device) + m - dy[:, None]
     cols = torch.arange(w, device=images.device) + m - dx[:, None]
     return padded[torch.arange(n, device=images.device)[:, None, None, None], torch.arange(c, device=images.device)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+                  rows[:, None, :, None], cols[:, None, None, :]] + bg
 
 
 def augmented(images, generator, shift=2.0, rotate=10.0, scale=0.1, flip=False):
     """Randomly moved copies of images (N, C, H, W): shifted up to shift pixels, rotated up to rotate
     degrees, scaled by up to 1 +- scale (the usual MNIST augmentation, e.g. Simard et al. 2003), and with
-    flip, half of them mirrored left to right (for images whose mirror image is as likely; not digits)."""
+    flip, half of them mirrored left to right (for images whose mirror image is as likely; not digits).
+    What comes in from outside the image is its background."""
     n, c, h, w = images.shape
+    bg = background(images)
     u = lambda: torch.rand(n, generator=generator) * 2 - 1
     a, s = u() * np.radians(rotate), 1 + u() * scale
     m = torch.where(u() < 0, -1.0, 1.0) if flip else torch.ones(n)  # -1: source columns read right to left
     theta = torch.stack([torch.stack([m * torch.cos(a) / s, -torch.sin(a) / s, u() * 2 * shift / w], 1),
                          torch.stack([m * torch.sin(a) / s, torch.cos(a) / s, u() * 2 * shift / h], 1)], 1)
     grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
-    return F.grid_sample(images, grid, align_corners=False).clamp(0, 1)
+    return (F.grid_sample(images - bg, grid, align_corners=False) + bg).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------

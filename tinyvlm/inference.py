@@ -95,12 +95,12 @@ def complete_images(model, codec, tok, codes, keep, label, n, generator, tempera
 
 
 def kept_rows(codec, keep):
-    """Tokens kept when `keep` rows of codes are kept: a grid's rows, else single tokens (a 1D
-    tokenizer's tokens have no rows)."""
+    """Tokens kept when `keep` rows of codes are kept: a grid's rows (after the codes of the whole
+    image, which are always kept), else single tokens (a 1D tokenizer's tokens have no rows)."""
     if keep > codec.rows:
         raise Error(f"keep must be at most {codec.rows}, the {'row' if codec.grid else 'token'}s of codes of an image, "
                     f"got {keep}")
-    return keep * codec.grid if codec.grid else keep
+    return codec.lead + keep * codec.grid if codec.grid else keep
 
 
 def kept_view(images, codec, keep):

@@ -39,7 +39,8 @@ def draw_logo(codes, labels, codec, title, path):
             ax.axis('off')
             continue
         c = codes[labels == d]
-        freq = np.stack([np.bincount(c[:, p], minlength=K) for p in range(n)]) / max(len(c), 1)
+        c = c[:, codec.lead:] if not letters else c  # the grid alone, in its shape
+        freq = np.stack([np.bincount(c[:, p], minlength=K) for p in range(c.shape[1])]) / max(len(c), 1)
         bits = np.log2(K) + np.where(freq > 0, freq * np.log2(np.where(freq > 0, freq, 1)), 0).sum(1)
         ax.set_title(codec.classes[d][:24])
         if not letters:

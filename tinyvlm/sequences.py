@@ -66,10 +66,12 @@ class Codec:
     read as the sequences the model sees. block_size 0: the longest sequence rounded up to a multiple
     of 8."""
 
-    def __init__(self, classes, key, codebook_size, tokens_per_image, block_size=0, vocab=None, tasks=None, grid=0):
+    def __init__(self, classes, key, codebook_size, tokens_per_image, block_size=0, vocab=None, tasks=None, grid=0,
+                 lead=0):
         self.classes, self.key = list(classes), key
         self.codebook_size, self.tokens_per_image = codebook_size, tokens_per_image
         self.grid = grid  # codes per side of a spatial grid in raster order (conv tokenizer); 0: tokens in no place
+        self.lead = lead  # codes of the whole image before the grid's (the ink tokenizer's paper and ink colours)
         self.rows = grid or tokens_per_image  # what completion keeps the first of: grid rows, else single tokens
         self.tasks = tasks or {name: t.replace('{key}', key) for name, t in TASKS.items()}
         if vocab is None:
@@ -97,7 +99,7 @@ class Codec:
     @classmethod
     def from_meta(cls, meta):
         return cls(meta['classes'], meta['key'], meta['codebook_size'], meta['tokens_per_image'], meta['block_size'],
-                   meta['vocab'], meta['tasks'], meta['grid'])
+                   meta['vocab'], meta['tasks'], meta['grid'], meta['lead'])
 
     @property
     def vocab_size(self):

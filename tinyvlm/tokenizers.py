@@ -6,6 +6,7 @@ one that a checkpoint's model_args (or vqvae.py's settings) describe. Nothing el
 assumes how many tokens an image becomes or how many codes there are.
 
     conv   stride-2 convolutions to a grid x grid map of codes read in raster order (the default)
+    ink    drawings in one ink on one paper: the two colours, then a conv grid of where the ink is
     1d     patches and learned latent tokens in a transformer; only the latents become codes (TiTok)
     mlp    the published tokenizer (github.com/suyashss/mnist_vlm): C*S*S -> hidden -> latent
 
@@ -22,6 +23,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from tinyvlm import Error
+from tinyvlm.images import background
 from tinyvlm.quantizers import make_quantizer
 
 
@@ -44,6 +46,10 @@ class Tokenizer(nn.Module):
         if self.latent_norm is not None:  # statistics over every image and place of the batch, in float32
             z = self.latent_norm(z.float().transpose(1, 2)).transpose(1, 2)
         return z
+
+    def targets(self, x):
+        """What the decoder's pixels are trained to be for images x: the images themselves."""
+        return x
 
     def to_image(self, out):
         """decoder output -> image in [0, 1]."""
@@ -120,6 +126,84 @@ class ConvTokenizer(Tokenizer):
     def output_bias(self):
         """The bias of the layer that makes the pixels (vqvae.py starts it at the mean pixel)."""
         return self.decoder[-1].bias
+
+
+def ink_and_paper(x):
+    """Images (B, 3, S, S) seen as one ink on one paper -> the paper's colour (the median of the border),
+    the ink's (the mean of the pixels at least half as far from the paper as the farthest), each
+    (B, 3, 1, 1), and the ink map (B, 1, S, S): how far each pixel lies from the paper towards the ink,
+    0 to 1. paper + map * (ink - paper) gives the image back wherever it holds those two colours."""
+    paper = background(x)
+    d = x - paper
+    dist = d.norm(dim=1, keepdim=True)
+    far = (dist >= 0.5 * dist.amax((2, 3), keepdim=True)).float()
+    v = (d * far).sum((2, 3), keepdim=True) / far.sum((2, 3), keepdim=True).clamp(min=1)
+    ink_map = ((d * v).sum(1, keepdim=True) / (v * v).sum(1, keepdim=True).clamp(min=1e-6)).clamp(0, 1)
+    return paper, paper + v, ink_map
+
+
+def two_colour_share(x):
+    """How much of the images' (B, 3, S, S) variance about their mean colours ink_and_paper keeps: near 1
+    for drawings in one ink on one paper, far lower for photos."""
+    paper, ink, ink_map = ink_and_paper(x)
+    lost = (x - paper - ink_map * (ink - paper)).pow(2).mean()
+    return 1 - (lost / (x - x.mean((2, 3), keepdim=True)).pow(2).mean().clamp(min=1e-12)).item()
+
+
+class InkTokenizer(ConvTokenizer):
+    """Drawings in one ink on one paper, of any two colours (a letter in red on green, a digit in black
+    on yellow): each image becomes two codes, its paper's colour and its ink's, and then a conv grid
+    of its ink map (ink_and_paper), coded as a conv tokenizer codes MNIST. The shape is coded apart
+    from the colours: the same glyph in any colours gets the same grid codes, which a language model
+    learns once instead of once per pair of colours. A colour's code is its three channels rounded to
+    the quantizer's three levels (8,8,8: steps of 1/7), in FSQ's mixed radix, so that its code
+    features say how red, green and blue it is. 2 + grid * grid tokens."""
+
+    def __init__(self, quantizer, image_size, hidden, grid, depth, loss, latent_norm):
+        if not hasattr(quantizer, 'levels') or quantizer.code_dim != 3 or getattr(quantizer, 'stages', 1) != 1:
+            raise Error("an ink tokenizer gives a colour one code: it needs fsq levels of three numbers (like 8,8,8) "
+                        "and stages 1")
+        super().__init__(quantizer, image_size, 1, hidden, grid, depth, loss, latent_norm)
+        self.channels, self.tokens_per_image = 3, 2 + self.grid * self.grid
+
+    def targets(self, x):
+        return ink_and_paper(x)[2]
+
+    def colour_codes(self, colours):
+        """colours (B, 3, 1, 1) in [0, 1] -> codes (B,)"""
+        q = self.quantizer
+        return ((colours.flatten(1).clamp(0, 1) * (q.levels - 1)).round().long() * q.basis).sum(1)
+
+    def colours(self, codes):
+        q = self.quantizer
+        return (((codes[:, None] // q.basis) % q.levels).float() / (q.levels - 1))[..., None, None]
+
+    def compose(self, codes, ink_map):
+        paper, ink = self.colours(codes[:, 0]), self.colours(codes[:, 1])
+        return paper + ink_map * (ink - paper)
+
+    def forward(self, x):
+        paper, ink, ink_map = ink_and_paper(x)
+        zq, grid_codes, q_loss = self.quantizer(self.encode_latents(ink_map))
+        out = self.pixels(zq).float()
+        rec_loss = (F.binary_cross_entropy_with_logits(out, ink_map) if self.loss == 'bce' else
+                    F.mse_loss(out, ink_map))
+        codes = torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None], grid_codes], 1)
+        return self.compose(codes, self.to_image(out)), codes, rec_loss + q_loss
+
+    @torch.no_grad()
+    def encode(self, x, batch_size=1000):
+        out = []
+        for i in range(0, len(x), batch_size):
+            paper, ink, ink_map = ink_and_paper(x[i:i + batch_size])
+            out.append(torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None],
+                                  self.quantizer.codes(self.encode_latents(ink_map))], 1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, codes, batch_size=1000):
+        return torch.cat([self.compose(c, self.to_image(self.pixels(self.quantizer.vectors(c[:, 2:]))))
+                          for c in codes.split(batch_size)])
 
 
 class LatentTokenizer(Tokenizer):
@@ -199,6 +283,10 @@ def make_tokenizer(kind='conv', quantizer='fsq', image_size=28, channels=1, hidd
     common = dict(image_size=image_size, channels=channels, hidden=hidden, loss=loss, latent_norm=latent_norm)
     if kind == 'conv':
         tok = ConvTokenizer(q, grid=grid, depth=depth, **common)
+    elif kind == 'ink':
+        if channels != 3:
+            raise Error("kind 'ink' is for colour images (one ink on one paper); these are grey: use kind 'conv'")
+        tok = InkTokenizer(q, grid=grid, depth=depth, **{k: v for k, v in common.items() if k != 'channels'})
     elif kind == '1d':
         tok = LatentTokenizer(q, grid=grid, depth=depth, tokens_per_image=tokens_per_image, **common)
     else:

@@ -57,10 +57,10 @@ muon = True                    # gpt.Muon: the same loss in fewer iterations tha
 batch_size = 128               # sequences per optimizer step, over all processes and micro-steps
 gradient_accumulation_steps = 1  # micro-steps per process (to fit memory), each batch_size/(steps*processes)
 learning_rate = 3e-3
-max_iters = 1200               # one cycle of the learning rate; the run ends after the first cycle whose reading has
-cycles = 4                     # stopped rising, at most this many: while the val accuracy rose over the cycle's last
-                               # eval_interval by more than two standard errors, another cycle follows (a warm restart,
-                               # SGDR): small or hard data gets more iterations, MNIST's 60,000 images stop at the first
+max_iters = 1200               # iterations of one cycle of the learning rate
+cycles = 4                     # at most this many cycles: another follows (a warm restart, SGDR) only while the val
+                               # accuracy rose over a cycle's last eval_interval by more than two standard errors, so
+                               # data that is still being learnt gets more iterations; 1 = exactly max_iters
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
@@ -222,7 +222,7 @@ def evaluate():
 def get_lr(it):
     """Linear warm-up for warmup_iters, then cosine decay to min_lr at lr_decay_iters; each further cycle
     of max_iters starts again from learning_rate without a warm-up (SGDR, Loshchilov & Hutter 2016)."""
-    start = min(it, end_iter - 1) // max_iters * max_iters
+    start = it // max_iters * max_iters
     warmup = warmup_iters if start == 0 else 0
     it -= start
     if it < warmup:

@@ -72,12 +72,12 @@ device = 'auto'            # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'             # training: bfloat16 autocast where faster here (plumbing.fast_bf16), else float32
 # -----------------------------------------------------------------------------
 # what levels='' and hidden=0 become, by the kind and the images' channels (docs/experiments.md): grey images and
-# ink maps get MNIST's capacity (8,8,8 gives an ink tokenizer's colours steps of 1/7); other colour images need more
+# ink maps get MNIST's capacity (8,8,8: an ink tokenizer's colours in 8 steps a channel); other colour images need more
 # codes and channels (each place says its colours as well as its shape), and 128 channels need latent_norm to keep
 # every code in use
 FITTED = {('conv', 1): dict(levels='5,5,5', hidden=64), ('ink', 3): dict(levels='8,8,8', hidden=64),
           ('conv', 3): dict(levels='8,5,5,5', hidden=128, latent_norm=True)}
-INK_SHARE = 0.8  # glyphs on shaded paper with specks keep 0.90, flat shapes 0.99, photos far less
+INK_SHARE = 0.8  # drawings on shaded paper with specks keep less than flat ones, photos far less (docs/experiments.md)
 
 
 @torch.no_grad()

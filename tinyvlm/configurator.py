@@ -163,7 +163,7 @@ RULES = {
     'loss': one_of('bce', 'mse'),
     'levels': levels,
     'grid': integer(0, 64),
-    'hidden': integer(2, 4096),
+    'hidden': lambda v: None if v == 0 or 2 <= v <= 4096 else '0 (from the data) or 2 to 4096',
     'latent_dim': integer(1, 65536),
     'tokens_per_image': integer(1, 4096),
     'codebook_size': integer(1, MAX_CODES),
@@ -203,7 +203,6 @@ RULES = {
     'seed': integer(0, 2 ** 63 - 1),
     'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
     'flip': None, 'latent_norm': None,  # bools: the type says it all
-    'vqvae.py:hidden': lambda v: None if v == 0 or 2 <= v <= 4096 else '0 (from the data) or 2 to 4096',
     # using the model
     'mode': one_of('eval', 'generate', 'classify', 'complete', 'serve'),
     'keep': integer(0, 4096),

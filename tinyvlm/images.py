@@ -98,10 +98,10 @@ def fit_object(a, size, box, centre, name='image'):
     """A drawing or photo (H, W, 3) -> how MNIST and Fashion-MNIST were made: the object light on black,
     cropped to what is drawn, resized to fit a box x box square keeping its shape, and placed in
     size x size by its centre of mass ('mass') or its bounding box ('box'). What is drawn is what differs
-    from the paper (the median colour of the border) in colour, not only in brightness: black ink on red
-    paper and red ink on green paper of the same brightness are drawings as much as white on black."""
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    a = np.sqrt(((a - np.median(border, 0)) ** 2).mean(2))  # the distance from the paper, 0 to 1
+    from the paper (its background) in colour, not only in brightness: black ink on red paper and red ink
+    on green paper of the same brightness are drawings as much as white on black."""
+    paper = background(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None])[0].numpy().transpose(1, 2, 0)
+    a = np.sqrt(((a - paper) ** 2).mean(2))  # the distance from the paper, 0 to 1
     if a.max() < 0.1:
         raise ImageError(f"{name} is blank: expected a drawing or an object on a plain background")
     a = a / a.max()

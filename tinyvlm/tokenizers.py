@@ -178,6 +178,10 @@ class InkTokenizer(ConvTokenizer):
         q = self.quantizer
         return (((codes[:, None] // q.basis) % q.levels).float() / (q.levels - 1))[..., None, None]
 
+    def join_codes(self, paper, ink, grid_codes):
+        """The colours' codes, then the grid's."""
+        return torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None], grid_codes], 1)
+
     def compose(self, codes, ink_map):
         paper, ink = self.colours(codes[:, 0]), self.colours(codes[:, 1])
         return paper + ink_map * (ink - paper)
@@ -188,7 +192,7 @@ class InkTokenizer(ConvTokenizer):
         out = self.pixels(zq).float()
         rec_loss = (F.binary_cross_entropy_with_logits(out, ink_map) if self.loss == 'bce' else
                     F.mse_loss(out, ink_map))
-        codes = torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None], grid_codes], 1)
+        codes = self.join_codes(paper, ink, grid_codes)
         return self.compose(codes, self.to_image(out)), codes, rec_loss + q_loss
 
     @torch.no_grad()
@@ -196,8 +200,7 @@ class InkTokenizer(ConvTokenizer):
         out = []
         for i in range(0, len(x), batch_size):
             paper, ink, ink_map = ink_and_paper(x[i:i + batch_size])
-            out.append(torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None],
-                                  self.quantizer.codes(self.encode_latents(ink_map))], 1))
+            out.append(self.join_codes(paper, ink, self.quantizer.codes(self.encode_latents(ink_map))))
         return torch.cat(out)
 
     @torch.no_grad()

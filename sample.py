@@ -57,7 +57,8 @@ png_dir = ''                # generate: also write each image as its own PNG fil
 png_size = 0                # ... this many pixels square (0 = the data set's image size)
 batch_size = 250            # images per forward pass (a CPU reads small batches faster: they stay in cache)
 reference = ''              # eval: the reference classifier; '' = out/reference_NAME.pt, trained there on first use
-fidelity_samples = 1000     # eval: images generated per class for fidelity and Frechet distance
+fidelity_samples = 0        # eval: images generated per class for fidelity and Frechet distance; 0 = as many as the
+                            # test split holds of it (a Frechet distance is biased by the sizes of its two sets)
 host = '127.0.0.1'          # serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
 port = 8000                 # serve: the port (0 = any free one)
 seed = 1337
@@ -160,7 +161,7 @@ def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampl
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
              reference, fidelity_samples):
     """Every checkpoint of the run read on the whole test split, with a grid of num_samples drawings per
-    class; then the last one's drawings (fidelity_samples per class) and the tokenizer's reconstructions
+    class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes) and the tokenizer's reconstructions
     scored by the reference classifier."""
     info, classes = meta['dataset'], codec.classes
     test_codes = load_split(data_dir, 'test', meta)[1]

@@ -29,6 +29,6 @@ def test_read_labels_second_look():
 def test_kept_rows_keep_the_codes_of_the_whole_image():
     from tinyvlm.inference import kept_rows
     from tinyvlm.sequences import Codec
-    codec = Codec(list('ab'), 'class', 512, 2 + 49, grid=7, lead=2)
-    assert kept_rows(codec, 3) == 2 + 21 and kept_rows(codec, 0) == 2
+    codec = Codec(list('ab'), 'class', 512, 4 + 49, grid=7, lead=4)
+    assert kept_rows(codec, 3) == 4 + 21 and kept_rows(codec, 0) == 4
     assert kept_rows(Codec(list('ab'), 'class', 1000, 16), 3) == 3  # no grid: single tokens

@@ -277,17 +277,17 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
                      r'hidden=64', p.stdout)
     ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
     assert ck['dataset']['classes'] == classes and ck['model_args']['channels'] == 3
-    assert (ck['model_args']['kind'], ck['model_args']['levels'], ck['model_args']['tokens_per_image']) == ('ink', [8, 8, 8], 18)
+    assert (ck['model_args']['kind'], ck['model_args']['levels'], ck['model_args']['tokens_per_image']) == ('ink', [8, 8, 8], 20)
     run_script('prepare.py', '--augment=1', '--shares=1,3', cwd=tmp_path)
     meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     assert meta['shares'] == {'generation': 1.0, 'classification': 3.0}
     assert 100 <= meta['splits']['train']['classification'] <= 140  # about 3/4 of 160
-    assert meta['classes'] == classes and meta['key'] == 'class' and meta['tokens_per_image'] == 18
-    assert (meta['lead'], meta['grid']) == (2, 4)  # the two colours, then a 4x4 grid of codes for 16x16 images
+    assert meta['classes'] == classes and meta['key'] == 'class' and meta['tokens_per_image'] == 20
+    assert (meta['lead'], meta['grid']) == (4, 4)  # the two colours and the place, then a 4x4 grid of codes for 16x16 images
     lines = (tmp_path / 'data/vlm/train.txt').read_text(encoding='utf-8').splitlines()
     names = '|'.join(re.escape(c) for c in sorted(classes, key=len, reverse=True))
     code = code_class(meta)
-    pat = re.compile(rf'(class:({names}), image:{code}{{18}}\.|image:{code}{{18}}, class:({names})\.)#*')
+    pat = re.compile(rf'(class:({names}), image:{code}{{20}}\.|image:{code}{{20}}, class:({names})\.)#*')
     assert len(lines) == 2 * 80 and all(pat.fullmatch(s) for s in lines)
     assert any('class:grand Ω' in s for s in lines) and any('class:é' in s for s in lines)
     assert np.load(tmp_path / 'data/vlm/test_images.npy').shape == (10, 3, 16, 16)
@@ -308,7 +308,7 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     assert grid.mode == 'RGB' and grid.width > 3 * 2 * 18 + 40  # three images a row and the class names left of them
     p = run_script('sample.py', '--mode=generate', '--labels=é,grand Ω', '--num_samples=2',
                    '--png_dir=out/png', cwd=tmp_path)
-    assert re.search(rf'class:é, image:{code}{{18}}\.', p.stdout)
+    assert re.search(rf'class:é, image:{code}{{20}}\.', p.stdout)
     assert sorted(os.listdir(tmp_path / 'out/png')) == ['grand-Ω_0000.png', 'grand-Ω_0001.png', 'é_0000.png', 'é_0001.png']
     Image.open(os.path.join(root, 'B', '00003.png')).resize((50, 40)).save(tmp_path / 'mine.jpg')
     p = run_script('sample.py', '--mode=classify', '--image=mine.jpg', cwd=tmp_path)

@@ -115,7 +115,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('sample.py', 'png_dir', 'README.md', 'a folder (README.md is a file)'),
     ('sample.py', 'png_size', 5000, 'from 0 to 4096'),
     ('sample.py', 'reference', 'tests', 'a file path'),
-    ('sample.py', 'fidelity_samples', 0, 'from 1 to 100000'),
+    ('sample.py', 'fidelity_samples', -1, 'from 0 to 100000'),
     ('sample.py', 'data_dir', 'README.md', 'a folder (README.md is a file)'),
     ('bench.py', 'repeats', 0, 'a positive whole number'),
     ('bench.py', 'n_samples', 0, 'a positive whole number'),

@@ -75,9 +75,9 @@ def test_latent_norm_keeps_every_channel_moving():
 
 
 def test_ink_tokenizer_codes_the_shape_apart_from_the_colours():
-    """An ink tokenizer's first two codes are the paper's and the ink's colours; the grid after them
-    codes only where the ink is, so one drawing in other colours gets the same grid codes, and it
-    decodes to the drawing in the colours of its codes."""
+    """An ink tokenizer's first four codes are the paper's and the ink's colours and the drawing's row and
+    column; the grid after them codes only the ink, centred, so one drawing in other colours and at
+    another place gets the same grid codes, and it decodes to the drawing in the colours of its codes."""
     from tinyvlm.tokenizers import two_colour_share
     torch.manual_seed(0)
     tok = make_tokenizer(kind='ink', image_size=16, channels=3, hidden=16, levels=(8, 8, 8)).eval()
@@ -85,9 +85,11 @@ def test_ink_tokenizer_codes_the_shape_apart_from_the_colours():
     shape[..., 3:13, 6:9] = 1
     paint = lambda paper, ink: torch.tensor(paper)[None, :, None, None] * (1 - shape) + torch.tensor(ink)[None, :, None, None] * shape
     a, b = paint([1.0, 0.0, 0.0], [0.0, 0.0, 0.0]), paint([0.0, 1 / 7, 3 / 7], [1.0, 1.0, 5 / 7])
+    b = b.roll((-2, 3), (2, 3))  # moved up 2 and right 3
     ca, cb = tok.encode(a), tok.encode(b)
-    assert tok.tokens_per_image == 2 + 16 and ca.shape == (1, 18) and ca[:, 2:].equal(cb[:, 2:])
+    assert tok.tokens_per_image == 4 + 16 and ca.shape == (1, 20) and ca[:, 4:].equal(cb[:, 4:])
     assert not ca[:, :2].equal(cb[:, :2])
+    assert ca[0, 2:4].tolist() == [8, 7] and cb[0, 2:4].tolist() == [6, 10]  # rows 3-12 and columns 6-8: 7.5, 7
     colours = tok.colours(cb[0, :2])
     assert torch.allclose(colours.flatten(1), torch.tensor([[0.0, 1 / 7, 3 / 7], [1.0, 1.0, 5 / 7]]))
     out = tok.decode(cb)  # every pixel between the two colours (the untrained decoder's ink map is about 0.5)
@@ -97,5 +99,7 @@ def test_ink_tokenizer_codes_the_shape_apart_from_the_colours():
     assert two_colour_share(torch.cat([a, b])) > 0.99 and two_colour_share(torch.rand(4, 3, 16, 16)) < 0.5
     with pytest.raises(Error, match='colour images'):
         make_tokenizer(kind='ink', channels=1, levels=(8, 8, 8))
+    with pytest.raises(Error, match='at least 40 codes'):
+        make_tokenizer(kind='ink', image_size=40, channels=3, levels=(3, 3, 3))
     with pytest.raises(Error, match='three numbers'):
         make_tokenizer(kind='ink', channels=3, levels=(8, 5, 5, 5))

@@ -221,7 +221,7 @@ RULES = {
     'png_dir': lambda v: writable_folder(v, empty_ok=True),
     'png_size': integer(0, 4096),
     'reference': writable_file,
-    'fidelity_samples': integer(1, 100000),
+    'fidelity_samples': integer(0, 100000),
     # bench
     'repeats': integer(1),
     'n_samples': integer(1),

@@ -35,14 +35,14 @@ def validity(codec, labels, codes):
 
 def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_class, sampling, seed):
     """The tokenizer's reconstructions of the test images and per_class generated images of each class
-    (drawn with sampling, generate_images' settings) as the reference classifier cnn sees them:
-    fidelity (read as the class they should be), Frechet distance to the real test images, validity and
-    distinct token strings of the generated."""
+    (per_class 0: one for each test image, of its class), drawn with sampling (generate_images'
+    settings), as the reference classifier cnn sees them: fidelity (read as the class they should be),
+    Frechet distance to the real test images, validity and distinct token strings of the generated."""
     device = test_images.device
     K, classes = len(codec.classes), codec.classes
     real = classify_images(cnn, test_images, features=True).cpu().numpy()
     recon = tok.decode(test_codes.to(device), sampling['batch_size'])
-    labels = [y for y in range(K) for _ in range(per_class)]
+    labels = [y for y in range(K) for _ in range(per_class)] if per_class else sorted(test_labels.tolist())
     images, codes = generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed), **sampling,
                                     progress=Progress('generating', len(labels), 'images'))
     images = images.to(device)

@@ -159,11 +159,11 @@ def background(images):
     return border.median(-1).values[..., None, None]
 
 
-def shifted(images, dx, dy):
+def shifted(images, dx, dy, fill=None):
     """images (N, C, H, W) moved dx pixels right and dy down (ints, or one per image), the background
-    coming in."""
+    coming in (or the value fill)."""
     n, c, h, w = images.shape
-    bg = background(images)
+    bg = background(images) if fill is None else torch.full((n, c, 1, 1), fill, dtype=images.dtype, device=images.device)
     images = images - bg
     dx, dy = (torch.as_tensor(d, device=images.device).long().expand(n) for d in (dx, dy))
     m = int(max(dx.abs().max(), dy.abs().max(), 0)) if n else 0

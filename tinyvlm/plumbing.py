@@ -20,7 +20,7 @@ import torch
 
 from tinyvlm import Error
 
-FORMAT = 3  # of every checkpoint and meta.json: raised whenever what they hold changes
+FORMAT = 4  # of every checkpoint and meta.json: raised whenever what they hold changes
 
 
 def start_script():

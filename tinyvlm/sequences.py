@@ -71,7 +71,7 @@ class Codec:
         self.classes, self.key = list(classes), key
         self.codebook_size, self.tokens_per_image = codebook_size, tokens_per_image
         self.grid = grid  # codes per side of a spatial grid in raster order (conv tokenizer); 0: tokens in no place
-        self.lead = lead  # codes of the whole image before the grid's (the ink tokenizer's paper and ink colours)
+        self.lead = lead  # codes of the whole image before the grid's (the ink tokenizer's paper and ink colours and the drawing's place)
         self.rows = grid or tokens_per_image  # what completion keeps the first of: grid rows, else single tokens
         self.tasks = tasks or {name: t.replace('{key}', key) for name, t in TASKS.items()}
         if vocab is None:

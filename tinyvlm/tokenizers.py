@@ -6,7 +6,7 @@ one that a checkpoint's model_args (or vqvae.py's settings) describe. Nothing el
 assumes how many tokens an image becomes or how many codes there are.
 
     conv   stride-2 convolutions to a grid x grid map of codes read in raster order (the default)
-    ink    drawings in one ink on one paper: the two colours, then a conv grid of where the ink is
+    ink    drawings in one ink on one paper: the two colours and the place, then a conv grid of the ink
     1d     patches and learned latent tokens in a transformer; only the latents become codes (TiTok)
     mlp    the published tokenizer (github.com/suyashss/mnist_vlm): C*S*S -> hidden -> latent
 
@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from tinyvlm import Error
-from tinyvlm.images import background
+from tinyvlm.images import background, shifted
 from tinyvlm.quantizers import make_quantizer
 
 
@@ -150,24 +150,62 @@ def two_colour_share(x):
     return 1 - (lost / (x - x.mean((2, 3), keepdim=True)).pow(2).mean().clamp(min=1e-12)).item()
 
 
+def ink_place(ink_map):
+    """Where a drawing lies: ink maps (B, 1, S, S) -> (B, 2) long, the row and column of its centre of
+    mass (pixels at least a quarter inked), moved as little as needed for centred() to keep every such
+    pixel in the frame. The middle for a blank map."""
+    S = ink_map.size(-1)
+    mass = ink_map[:, 0] * (ink_map[:, 0] >= 0.25)
+    at = torch.arange(S, dtype=mass.dtype, device=mass.device)
+    place = []
+    for dim in (2, 1):  # rows: mass summed over columns; columns: over rows
+        m = mass.sum(dim)
+        total = m.sum(1)
+        centre = ((m * at).sum(1) / total.clamp(min=1e-6)).round().long()
+        inked = m > 0
+        first = torch.where(inked, at.long(), S).amin(1)
+        last = torch.where(inked, at.long(), -1).amax(1)
+        # centred() moves by S//2 - centre: keep first + that >= 0 and last + that <= S - 1
+        centre = torch.maximum(torch.minimum(centre, S // 2 + first), S // 2 - (S - 1 - last))
+        place.append(torch.where(total > 0, centre, S // 2).clamp(0, S - 1))
+    return torch.stack(place, 1)
+
+
+def centred(ink_map, place, back=False):
+    """Ink maps (B, 1, S, S) moved so that the place (B, 2: row, column) comes to the middle, or with back,
+    from the middle to the place; what comes in is blank."""
+    d = (ink_map.size(-1) // 2 - place) * (-1 if back else 1)
+    return shifted(ink_map, d[:, 1], d[:, 0], fill=0.0)
+
+
 class InkTokenizer(ConvTokenizer):
-    """Drawings in one ink on one paper, of any two colours (a letter in red on green, a digit in black
-    on yellow): each image becomes two codes, its paper's colour and its ink's, and then a conv grid
-    of its ink map (ink_and_paper), coded as a conv tokenizer codes MNIST. The shape is coded apart
-    from the colours: the same glyph in any colours gets the same grid codes, which a language model
-    learns once instead of once per pair of colours. A colour's code is its three channels rounded to
-    the quantizer's three levels (8,8,8: steps of 1/7), in FSQ's mixed radix, so that its code
-    features say how red, green and blue it is. 2 + grid * grid tokens."""
+    """Drawings in one ink on one paper, of any two colours, anywhere in the frame (a letter in red on
+    green, a digit in black on yellow): each image becomes four codes, its paper's colour, its ink's and
+    the row and column of the drawing's centre (ink_place), and then a conv grid of its ink map
+    (ink_and_paper) moved to the middle, coded as a conv tokenizer codes MNIST's centred digits. What a
+    drawing is, is coded apart from its colours and its place: the same glyph in any colours, anywhere,
+    gets the same grid codes, which a language model learns once instead of once per pair of colours
+    and place, and a drawing it writes cannot drift off its own middle (without the place codes, rows
+    of blank paper at low temperature ran into empty frames). A colour's code is its three channels
+    rounded to the quantizer's three levels (8,8,8: steps of 1/7), in FSQ's mixed radix, so that its
+    code features say how red, green and blue it is; a place's code is its pixel row or column.
+    4 + grid * grid tokens."""
+
+    lead = 4
 
     def __init__(self, quantizer, image_size, hidden, grid, depth, loss, latent_norm):
         if not hasattr(quantizer, 'levels') or quantizer.code_dim != 3 or getattr(quantizer, 'stages', 1) != 1:
             raise Error("an ink tokenizer gives a colour one code: it needs fsq levels of three numbers (like 8,8,8) "
                         "and stages 1")
+        if quantizer.codebook_size < image_size:
+            raise Error(f"an ink tokenizer gives each row and column of a {image_size}x{image_size} image a code: it needs "
+                        f"at least {image_size} codes, got {quantizer.codebook_size}")
         super().__init__(quantizer, image_size, 1, hidden, grid, depth, loss, latent_norm)
-        self.channels, self.tokens_per_image = 3, 2 + self.grid * self.grid
+        self.channels, self.tokens_per_image = 3, self.lead + self.grid * self.grid
 
     def targets(self, x):
-        return ink_and_paper(x)[2]
+        ink_map = ink_and_paper(x)[2]
+        return centred(ink_map, ink_place(ink_map))
 
     def colour_codes(self, colours):
         """colours (B, 3, 1, 1) in [0, 1] -> codes (B,)"""
@@ -178,34 +216,38 @@ class InkTokenizer(ConvTokenizer):
         q = self.quantizer
         return (((codes[:, None] // q.basis) % q.levels).float() / (q.levels - 1))[..., None, None]
 
-    def join_codes(self, paper, ink, grid_codes):
-        """The colours' codes, then the grid's."""
-        return torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None], grid_codes], 1)
+    def split(self, x):
+        """images -> the lead codes (paper, ink, row, column) and the centred ink map"""
+        paper, ink, ink_map = ink_and_paper(x)
+        place = ink_place(ink_map)
+        return torch.cat([self.colour_codes(paper)[:, None], self.colour_codes(ink)[:, None], place], 1), centred(ink_map, place)
 
-    def compose(self, codes, ink_map):
-        paper, ink = self.colours(codes[:, 0]), self.colours(codes[:, 1])
-        return paper + ink_map * (ink - paper)
+    def compose(self, lead, centred_map):
+        """The lead codes and a centred ink map -> the image: the map moved back to its place, in its colours."""
+        paper, ink = self.colours(lead[:, 0]), self.colours(lead[:, 1])
+        place = lead[:, 2:4].clamp(0, self.image_size - 1)  # a language model may write any code there
+        return paper + centred(centred_map, place, back=True) * (ink - paper)
 
     def forward(self, x):
-        paper, ink, ink_map = ink_and_paper(x)
-        zq, grid_codes, q_loss = self.quantizer(self.encode_latents(ink_map))
+        lead, target = self.split(x)
+        zq, grid_codes, q_loss = self.quantizer(self.encode_latents(target))
         out = self.pixels(zq).float()
-        rec_loss = (F.binary_cross_entropy_with_logits(out, ink_map) if self.loss == 'bce' else
-                    F.mse_loss(out, ink_map))
-        codes = self.join_codes(paper, ink, grid_codes)
-        return self.compose(codes, self.to_image(out)), codes, rec_loss + q_loss
+        rec_loss = (F.binary_cross_entropy_with_logits(out, target) if self.loss == 'bce' else
+                    F.mse_loss(out, target))
+        return self.compose(lead, self.to_image(out)), torch.cat([lead, grid_codes], 1), rec_loss + q_loss
 
     @torch.no_grad()
     def encode(self, x, batch_size=1000):
         out = []
         for i in range(0, len(x), batch_size):
-            paper, ink, ink_map = ink_and_paper(x[i:i + batch_size])
-            out.append(self.join_codes(paper, ink, self.quantizer.codes(self.encode_latents(ink_map))))
+            lead, target = self.split(x[i:i + batch_size])
+            out.append(torch.cat([lead, self.quantizer.codes(self.encode_latents(target))], 1))
         return torch.cat(out)
 
     @torch.no_grad()
     def decode(self, codes, batch_size=1000):
-        return torch.cat([self.compose(c, self.to_image(self.pixels(self.quantizer.vectors(c[:, 2:]))))
+        L = self.lead
+        return torch.cat([self.compose(c[:, :L], self.to_image(self.pixels(self.quantizer.vectors(c[:, L:]))))
                           for c in codes.split(batch_size)])
 
 

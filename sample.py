@@ -17,6 +17,7 @@ the most frequent confusions, a grid of generated images per checkpoint (samples
 class), accuracy against iteration (accuracy.png), the quality of the tokenizer's reconstructions and
 of generated images as a reference classifier sees them, and all figures in out_dir/eval.json.
 """
+import json
 import os
 import re
 
@@ -26,10 +27,10 @@ import torch
 from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model, run_checkpoints, trained_data_dir
 from tinyvlm.configurator import configure
-from tinyvlm.evaluation import quality, reading_scores, validity
+from tinyvlm.evaluation import knee, quality, reading_scores, temperature_sweep, validity
 from tinyvlm.images import read_image_file, save_image_grid, save_png
 from tinyvlm.inference import complete_images, generate_images, kept_rows, kept_view, mirrored, read_labels
-from tinyvlm.plots import plot_accuracy
+from tinyvlm.plots import plot_accuracy, plot_sweep
 from tinyvlm.plumbing import Progress, pick_device, pick_dtype, safe_name, start_script, write_json, write_npy
 from tinyvlm.prepared import load_images, load_meta, load_split
 from tinyvlm.reference import reference_classifier
@@ -44,7 +45,9 @@ mode = 'eval'               # 'eval', 'generate', 'classify', 'complete' or 'ser
 ckpt = ''                   # a checkpoint file in out_dir; '' = every ckpt_{iter}.pt for eval, ckpt.pt otherwise
 labels = ''                 # generate: class names or numbers, comma-separated ('' = every class; MNIST: also '0123')
 num_samples = 10            # generate and eval grids: images per class
-temperature = 0.9           # 1.0 samples the model's distribution; 0 takes the most likely code
+temperature = -1.0          # 1.0 samples the model's distribution; 0 takes the most likely code; -1 = eval chooses
+                            # from sweep, and the other modes take its choice (out_dir/eval.json; 0.9 before any eval)
+sweep = '0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
 guidance = 1.5              # classifier-free guidance scale, against 'image:' with no class; 0 = none
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
@@ -66,6 +69,7 @@ device = 'auto'
 dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 where faster here (plumbing.fast_bf16)
 # -----------------------------------------------------------------------------
 configure(globals())
+SWEEP_IMAGES = 1000  # validation images drawn at each temperature of the sweep
 
 
 def parse_indices(spec, n):
@@ -159,13 +163,32 @@ def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampl
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             reference, fidelity_samples):
-    """Every checkpoint of the run read on the whole test split, with a grid of num_samples drawings per
-    class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes) and the tokenizer's reconstructions
-    scored by the reference classifier."""
+             reference, fidelity_samples, temperatures):
+    """The temperature chosen on the validation split (if temperatures are given: evaluation.knee), then
+    every checkpoint of the run read on the whole test split, with a grid of num_samples drawings per
+    class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes) and
+    the tokenizer's reconstructions scored by the reference classifier."""
     info, classes = meta['dataset'], codec.classes
     test_codes = load_split(data_dir, 'test', meta)[1]
     test_images, test_labels = (t.to(device) for t in load_images(data_dir, 'test', meta))
+    ref_path = reference or os.path.join('out', f"reference_{safe_name(info['name'])}.pt")
+    cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
+    swept = None
+    if temperatures:
+        model = load_model(paths[-1], meta, data_dir, device, dtype)[0]
+        val_images, val_labels = (t[:SWEEP_IMAGES].to(device) for t in load_images(data_dir, 'val', meta))
+        val_codes = load_split(data_dir, 'val', meta)[1][:SWEEP_IMAGES]
+        recon, rows = temperature_sweep(model, codec, tok, cnn, val_images, val_labels, val_codes, temperatures,
+                                        sampling, seed + 2)
+        chosen, limit = knee(rows, recon, len(val_labels))
+        swept = dict(images=len(val_labels), guidance=sampling['guidance'], reconstruction_frechet=recon,
+                     frechet_limit=limit, chosen=chosen, rows=rows)
+        print(f"temperature sweep ({len(val_labels)} validation images each, guidance {sampling['guidance']:g}; "
+              f"fidelity / Frechet distance, the reconstructions' {recon:.2f}, at most {limit:.2f}): "
+              + ', '.join(f"{r['temperature']:g}: {r['fidelity']:.4f} / {r['frechet']:.2f}" for r in rows)
+              + f"; chosen {chosen:g}", flush=True)
+        plot_sweep(rows, recon, limit, chosen, os.path.join(out_dir, 'sweep.png'), f"{info['title']}, {out_dir}")
+        sampling = dict(sampling, temperature=chosen)
     shown = list(range(min(len(classes), 20)))  # the sample grids show up to 20 classes
     grid_labels = [y for y in shown for _ in range(num_samples)]
     results = []
@@ -186,8 +209,6 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
               f"{r['classification_stderr']:.4f}; most confused (true->predicted): "
               + ', '.join(f"{p['true']}->{p['predicted']} {p['count']}" for p in r['confusion_pairs'][:3]), flush=True)
 
-    ref_path = reference or os.path.join('out', f"reference_{safe_name(info['name'])}.pt")
-    cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
     read = results[-1]['classification_accuracy']
     weak = None  # a judge that reads real images worse than the model does cannot tell its drawings' errors from its own
     if ref_acc < 0.9 or ref_acc < read - results[-1]['classification_stderr']:
@@ -199,13 +220,27 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
                        seed + 1))
     print(f"quality (reference classifier, {ref_acc:.4f} on {info['title']} test): reconstructions read correctly "
           f"{q['reconstruction_fidelity']:.4f}, Frechet distance {q['reconstruction_frechet']:.2f}; {q['generated']} "
-          f"generated at iteration {q['iter']}: fidelity {q['generation_fidelity']:.4f}, Frechet distance "
-          f"{q['generation_frechet']:.2f}, validity {q['generation_validity']:.4f}, {q['distinct_generations']} distinct")
+          f"generated at iteration {q['iter']}, temperature {q['temperature']:g}: fidelity "
+          f"{q['generation_fidelity']:.4f}, Frechet distance {q['generation_frechet']:.2f}, validity "
+          f"{q['generation_validity']:.4f}, {q['distinct_generations']} distinct")
     write_json(os.path.join(out_dir, 'eval.json'), dict(
         out_dir=out_dir, data_dir=data_dir, dataset=info['title'], classes=classes, tokenizer=meta['tokenizer'],
-        tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size, quality=q, checkpoints=results))
+        tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size, quality=q, sweep=swept,
+        checkpoints=results))
     plot_accuracy(results, os.path.join(out_dir, 'accuracy.png'), f"{info['title']}, {out_dir}")
-    print(f"wrote {out_dir}/eval.json, accuracy.png and samples_{{iter}}.png")
+    print(f"wrote {out_dir}/eval.json, accuracy.png, {'sweep.png, ' if swept else ''}samples_{{iter}}.png")
+
+
+def chosen_temperature(out_dir):
+    """The temperature the evaluation of the run in out_dir chose, or 0.9 where none has."""
+    try:
+        with open(os.path.join(out_dir, 'eval.json'), encoding='utf-8') as f:
+            t = float(json.load(f)['quality']['temperature'])
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"temperature 0.9 (no evaluation in {out_dir} has chosen one yet: run sample.py)")
+        return 0.9
+    print(f"temperature {t:g}, as the evaluation chose ({out_dir}/eval.json; --temperature=T for another)")
+    return t
 
 
 device = pick_device(device)
@@ -219,11 +254,15 @@ data_dir = data_dir or trained_data_dir(paths[-1])
 meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
 tok = check_tokenizer(meta, data_dir).to(device)
-sampling = dict(temperature=temperature, top_k=top_k, guidance=guidance, batch_size=batch_size)
+auto = temperature == -1
+if auto and mode != 'eval':
+    temperature = chosen_temperature(out_dir)
+sampling = dict(temperature=0.9 if auto and mode == 'eval' else temperature, top_k=top_k, guidance=guidance,
+                batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':
     evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, reference,
-             fidelity_samples)
+             fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [])
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)

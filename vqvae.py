@@ -72,10 +72,10 @@ device = 'auto'            # 'auto' picks cuda, then mps, then cpu
 dtype = 'auto'             # training: bfloat16 autocast where faster here (plumbing.fast_bf16), else float32
 # -----------------------------------------------------------------------------
 # what levels='' and hidden=0 become, by the kind and the images' channels (docs/experiments.md): grey images and
-# ink maps get MNIST's capacity (8,8,8: an ink tokenizer's colours in 8 steps a channel); other colour images need more
-# codes and channels (each place says its colours as well as its shape), and 128 channels need latent_norm to keep
-# every code in use
-FITTED = {('conv', 1): dict(levels='5,5,5', hidden=64), ('ink', 3): dict(levels='8,8,8', hidden=64),
+# ink maps get MNIST's capacity (5,5,5: an ink tokenizer's colours in 5 steps a channel; 8,8,8 drew worse letters);
+# other colour images need more codes and channels (each place says its colours as well as its shape), and 128
+# channels need latent_norm to keep every code in use
+FITTED = {('conv', 1): dict(levels='5,5,5', hidden=64), ('ink', 3): dict(levels='5,5,5', hidden=64),
           ('conv', 3): dict(levels='8,5,5,5', hidden=128, latent_norm=True)}
 INK_SHARE = 0.8  # drawings on shaded paper with specks keep less than flat ones, photos far less (docs/experiments.md)
 
@@ -106,6 +106,8 @@ if kind == '':
     ink_fits = quantizer == 'fsq' and stages == 1 and (levels == '' or len(parse_levels(levels)) == 3)  # as set
     fitted['kind'] = 'ink' if share >= INK_SHARE and ink_fits else 'conv'
 fits = FITTED.get((fitted.get('kind', kind), info['channels']), FITTED[('conv', info['channels'])])
+if fitted.get('kind', kind) == 'ink' and info['image_size'] > 125:
+    fits = dict(fits, levels='8,8,8')  # an ink tokenizer codes each row and column: more than 125 need more codes
 fitted.update({k: v for k, v in fits.items()
                if ((config['hidden'] == 0 and quantizer == 'fsq') if k == 'latent_norm' else config[k] in ('', 0))})
 if fitted:

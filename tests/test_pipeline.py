@@ -273,11 +273,11 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     (tmp_path / 'my images' / 'grand Ω' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n but cut short')
     p = run_script('vqvae.py', f'--dataset={root}', '--image_size=16', '--max_epochs=1', '--min_iters=0', cwd=tmp_path)
     assert 'warning: skipped 1 unreadable image file' in p.stdout and '16x16 colour' in p.stdout
-    assert re.search(r'from the data \(colour images, 0\.\d\d of them one ink on one paper\): kind=ink, levels=8,8,8, '
+    assert re.search(r'from the data \(colour images, 0\.\d\d of them one ink on one paper\): kind=ink, levels=5,5,5, '
                      r'hidden=64', p.stdout)
     ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
     assert ck['dataset']['classes'] == classes and ck['model_args']['channels'] == 3
-    assert (ck['model_args']['kind'], ck['model_args']['levels'], ck['model_args']['tokens_per_image']) == ('ink', [8, 8, 8], 20)
+    assert (ck['model_args']['kind'], ck['model_args']['levels'], ck['model_args']['tokens_per_image']) == ('ink', [5, 5, 5], 20)
     run_script('prepare.py', '--augment=1', '--shares=1,3', cwd=tmp_path)
     meta = json.loads((tmp_path / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     assert meta['shares'] == {'generation': 1.0, 'classification': 3.0}

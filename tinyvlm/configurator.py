@@ -213,6 +213,10 @@ RULES = {
     'image': None,                      # test indices or a file: checked when read
     'num_samples': integer(1, 10000),
     'temperature': number(0, 10),
+    'sample.py:temperature': lambda v: None if v == -1 or 0 <= v <= 10 else
+                             '-1 (the one the evaluation chose) or a number from 0 to 10',
+    'sweep': lambda v: None if all(_is_temperature(t) for t in v.split(',')) or not v.strip() else
+             "temperatures separated by commas, like 0.6,0.8,1.0, each from 0 to 10 (or '' for none)",
     'top_k': integer(0),
     'guidance': number(0, 100),
     'views': integer(1, 9),
@@ -245,6 +249,13 @@ CROSS = [  # rules over several settings of one script: (settings, rule taking t
     (('device', 'dtype'), lambda d, t: "dtype 'float16' needs a GPU (device 'cuda' or 'mps'); use 'bfloat16' or "
      "'float32' on a CPU" if t == 'float16' and (d == 'cpu' or (d == 'auto' and not _has_gpu())) else None),
 ]
+
+
+def _is_temperature(t):
+    try:
+        return 0 <= float(t) <= 10
+    except ValueError:
+        return False
 
 
 def _has_gpu():

@@ -2,7 +2,9 @@
 A trained model scored on the test split: how well it reads (accuracy with its standard error, the
 most frequent confusions), and, by the data set's reference classifier (reference.py), how well the
 tokenizer's reconstructions and the model's drawings keep the class (fidelity) and look like the real
-images (the Frechet distance between the reference's features).
+images (the Frechet distance between the reference's features). The sampling temperature is chosen
+on the validation split (temperature_sweep, knee): drawings as faithful as they get while they stay
+near the real images.
 """
 import math
 
@@ -56,3 +58,33 @@ def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_cl
                 generation_frechet=frechet_distance(classify_images(cnn, images, features=True).cpu().numpy(), real),
                 distinct_generations=len(set(map(tuple, codes.tolist()))),
                 **{k: sampling[k] for k in ('temperature', 'top_k', 'guidance')})
+
+
+def temperature_sweep(model, codec, tok, cnn, images, labels, codes, temperatures, sampling, seed):
+    """Drawings of images' classes (one per image) at each temperature, scored as quality() scores them
+    against images (the validation split: the temperature is chosen without the test split).
+    -> the reconstructions' Frechet distance, and per temperature its fidelity and Frechet distance."""
+    real = classify_images(cnn, images, features=True).cpu().numpy()
+    recon = frechet_distance(classify_images(cnn, tok.decode(codes.to(images.device)), features=True).cpu().numpy(), real)
+    rows, want = [], labels.cpu()
+    for t in temperatures:
+        drawn = generate_images(model, codec, tok, labels.tolist(), torch.Generator(images.device).manual_seed(seed),
+                                **dict(sampling, temperature=t), progress=Progress(f"temperature {t}", len(labels), 'images'))[0]
+        drawn = drawn.to(images.device)
+        rows.append(dict(temperature=t, fidelity=(classify_images(cnn, drawn).argmax(1).cpu() == want).float().mean().item(),
+                         frechet=frechet_distance(classify_images(cnn, drawn, features=True).cpu().numpy(), real)))
+    return recon, rows
+
+
+def knee(rows, recon_frechet, n, within=3.0):
+    """The temperature whose drawings read as their class most often among those whose Frechet distance
+    is at most `within` times the reconstructions' (the tokenizer's own floor: lower temperatures draw
+    more faithfully but alike), the smallest Frechet distance breaking ties within one standard error
+    of the best fidelity. Without any that near, the nearest. -> (the temperature, the distance allowed)"""
+    limit = within * recon_frechet
+    near = [r for r in rows if r['frechet'] <= limit]
+    if not near:
+        return min(rows, key=lambda r: r['frechet'])['temperature'], limit
+    best = max(r['fidelity'] for r in near)
+    tied = [r for r in near if r['fidelity'] >= best - math.sqrt(best * (1 - best) / n)]
+    return min(tied, key=lambda r: r['frechet'])['temperature'], limit

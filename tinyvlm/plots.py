@@ -1,6 +1,6 @@
 """
-Plots (PNG files, with matplotlib): the sequence logo of the prepared codes, and test accuracy
-against training iteration.
+Plots (PNG files, with matplotlib): the sequence logo of the prepared codes, test accuracy
+against training iteration, and the drawings' fidelity against their Frechet distance by temperature.
 """
 import numpy as np
 
@@ -86,6 +86,28 @@ def plot_accuracy(results, path, title):
     ax.set_xlabel('iteration')
     ax.set_ylabel('test accuracy, image -> class (\u00b11 s.e.)')
     ax.set_title(f"{title}: {results[-1]['classification_accuracy']:.4f} at {it[-1]}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+    plt.close(fig)
+
+
+def plot_sweep(rows, recon_frechet, limit, chosen, path, title):
+    """Each temperature's drawings: fidelity against Frechet distance, with the reconstructions' distance,
+    the most evaluation.knee allows and the chosen temperature marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x, y = [r['frechet'] for r in rows], [r['fidelity'] for r in rows]
+    ax.plot(x, y, marker='o')
+    for r in rows:
+        ax.annotate(f"{r['temperature']:g}", (r['frechet'], r['fidelity']), textcoords='offset points', xytext=(4, 4),
+                    fontweight='bold' if r['temperature'] == chosen else 'normal')
+    ax.axvline(recon_frechet, color='gray', ls='--', label='reconstructions')
+    ax.axvline(limit, color='gray', ls=':', label='the most allowed')
+    ax.set_xlabel('Frechet distance to the validation images (reference features)')
+    ax.set_ylabel('fidelity (drawings read as their class)')
+    ax.set_title(f"{title}: temperature {chosen:g} chosen")
+    ax.legend(loc='lower right')
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))

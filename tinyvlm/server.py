@@ -71,13 +71,14 @@ def image_from(request, info):
 
 
 def setting(request, key, default, kind):
-    """A sampling setting of a request, checked by the command line's rule (configurator.RULES)."""
+    """A sampling setting of a request, checked by the command line's rule (configurator.RULES), never
+    sample.py's -1 for the evaluation's temperature: the page is given the temperature itself."""
     value = request.get(key, default)
     if kind is float and type(value) is int:
         value = float(value)
     if type(value) is not kind:
         raise Error(f"{key} must be a {'number' if kind is float else 'whole number'}, got {str(value)[:40]!r}")
-    check(key, value, 'sample.py')
+    check(key, value)
     return value
 
 

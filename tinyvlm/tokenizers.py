@@ -187,7 +187,7 @@ class InkTokenizer(ConvTokenizer):
     gets the same grid codes, which a language model learns once instead of once per pair of colours
     and place, and a drawing it writes cannot drift off its own middle (without the place codes, rows
     of blank paper at low temperature ran into empty frames). A colour's code is its three channels
-    rounded to the quantizer's three levels (8,8,8: steps of 1/7), in FSQ's mixed radix, so that its
+    rounded to the quantizer's three levels (5,5,5: steps of 1/4), in FSQ's mixed radix, so that its
     code features say how red, green and blue it is; a place's code is its pixel row or column.
     4 + grid * grid tokens."""
 
@@ -195,7 +195,7 @@ class InkTokenizer(ConvTokenizer):
 
     def __init__(self, quantizer, image_size, hidden, grid, depth, loss, latent_norm):
         if not hasattr(quantizer, 'levels') or quantizer.code_dim != 3 or getattr(quantizer, 'stages', 1) != 1:
-            raise Error("an ink tokenizer gives a colour one code: it needs fsq levels of three numbers (like 8,8,8) "
+            raise Error("an ink tokenizer gives a colour one code: it needs fsq levels of three numbers (like 5,5,5) "
                         "and stages 1")
         if quantizer.codebook_size < image_size:
             raise Error(f"an ink tokenizer gives each row and column of a {image_size}x{image_size} image a code: it needs "

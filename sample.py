@@ -47,7 +47,7 @@ labels = ''                 # generate: class names or numbers, comma-separated 
 num_samples = 10            # generate and eval grids: images per class
 temperature = -1.0          # 1.0 samples the model's distribution; 0 takes the most likely code; -1 = eval chooses
                             # from sweep, and the other modes take its choice (out_dir/eval.json; 0.9 before any eval)
-sweep = '0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split
+sweep = '0.4,0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
 guidance = 1.5              # classifier-free guidance scale, against 'image:' with no class; 0 = none
 views = 9                   # classify and eval: images read with top probability < view_threshold are read

@@ -66,9 +66,15 @@ def server(work):
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'sample.py'), '--mode=serve', '--port=0',
                              '--out_dir=out/serve'], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    line = proc.stdout.readline()
-    m = re.search(r'at http://localhost:(\d+)/', line)
-    assert m, line + proc.stdout.read(2000)
+    lines = []
+    while not (lines and re.search(r'at http://localhost:(\d+)/', lines[-1])) and len(lines) < 20:
+        lines.append(proc.stdout.readline())
+        if not lines[-1]:
+            break
+    m = re.search(r'at http://localhost:(\d+)/', lines[-1])
+    if not m:
+        proc.kill()
+    assert m, ''.join(lines)
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its log flowing
     yield int(m.group(1))
     proc.terminate()

@@ -169,7 +169,7 @@ def snapshot(folder):
     ('train.py', '--batch_size=0'),
     ('train.py', '--device=cuda:7'),
     ('sample.py', '--mode=generate', '--num_samples=0'),
-    ('sample.py', '--temperature=-1'),
+    ('sample.py', '--temperature=-2'),
     ('vqvae.py', '--levels=5,,5'),
     ('prepare.py', '--augment=1.5'),
     ('prepare.py', '--shares=1,2,3'),

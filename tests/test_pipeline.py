@@ -76,7 +76,7 @@ def test_train_and_sample(work):
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/run', cwd=work)
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
-    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', cwd=work)
+    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', '--sweep=0.5,1.0', cwd=work)
     meta = json.loads((work / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]  # the newest run's only
@@ -93,9 +93,14 @@ def test_train_and_sample(work):
         assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
     assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
     assert 'test accuracy' in p.stdout
+    sweep = report['sweep']  # the temperature chosen on validation images, then used for every drawing
+    assert [r['temperature'] for r in sweep['rows']] == [0.5, 1.0] and sweep['images'] == 1000
+    assert q['temperature'] == sweep['chosen'] in (0.5, 1.0) and (out / 'sweep.png').is_file()
+    assert f"chosen {sweep['chosen']:g}" in p.stdout
 
     p = run_script('sample.py', '--out_dir=out/run', '--mode=generate', '--labels=38', '--num_samples=3',
                    '--save_npy=out/run/gen.npy', '--png_dir=out/run/png', '--png_size=64', cwd=work)
+    assert f"temperature {sweep['chosen']:g}, as the evaluation chose" in p.stdout
     images, labels = np.load(out / 'gen.npy'), np.load(out / 'gen_labels.npy')
     assert images.shape == (6, 1, 28, 28) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
     assert labels.tolist() == [3, 3, 3, 8, 8, 8]
@@ -303,6 +308,7 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     assert 'warning: the reference classifier reads only' in p.stdout
     assert [r['iter'] for r in report['checkpoints']] == [10, 20] and report['checkpoints'][-1]['n_test'] == 10
     assert set(q['generation_fidelity_per_class']) == set(classes)
+    assert len(report['sweep']['rows']) == 7 and q['temperature'] == report['sweep']['chosen']
     from PIL import Image
     grid = Image.open(tmp_path / 'out/vlm/samples_20.png')
     assert grid.mode == 'RGB' and grid.width > 3 * 2 * 18 + 40  # three images a row and the class names left of them

@@ -15,7 +15,9 @@ folder's meta.json). eval reads the class of every test image from the prompt 'i
 image moved one pixel each way and averaged, see views), and reports accuracy with its standard error,
 the most frequent confusions, a grid of generated images per checkpoint (samples_{iter}.png, one row a
 class), accuracy against iteration (accuracy.png), the quality of the tokenizer's reconstructions and
-of generated images as a reference classifier sees them, and all figures in out_dir/eval.json.
+of generated images as a reference classifier sees them, and all figures in out_dir/eval.json. Its
+drawings are made at the temperature it chooses on the validation split (sweep; sweep.png), which the
+other modes then take too.
 """
 import json
 import os
@@ -70,6 +72,7 @@ dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 wh
 # -----------------------------------------------------------------------------
 configure(globals())
 SWEEP_IMAGES = 1000  # validation images drawn at each temperature of the sweep
+UNSWEPT = 0.9        # the temperature where no evaluation has chosen one
 
 
 def parse_indices(spec, n):
@@ -232,13 +235,13 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
 
 
 def chosen_temperature(out_dir):
-    """The temperature the evaluation of the run in out_dir chose, or 0.9 where none has."""
+    """The temperature the evaluation of the run in out_dir chose, or UNSWEPT where none has."""
     try:
         with open(os.path.join(out_dir, 'eval.json'), encoding='utf-8') as f:
             t = float(json.load(f)['quality']['temperature'])
     except (OSError, ValueError, KeyError, TypeError):
-        print(f"temperature 0.9 (no evaluation in {out_dir} has chosen one yet: run sample.py)")
-        return 0.9
+        print(f"temperature {UNSWEPT} (no evaluation in {out_dir} has chosen one yet: run sample.py)")
+        return UNSWEPT
     print(f"temperature {t:g}, as the evaluation chose ({out_dir}/eval.json; --temperature=T for another)")
     return t
 
@@ -257,7 +260,7 @@ tok = check_tokenizer(meta, data_dir).to(device)
 auto = temperature == -1
 if auto and mode != 'eval':
     temperature = chosen_temperature(out_dir)
-sampling = dict(temperature=0.9 if auto and mode == 'eval' else temperature, top_k=top_k, guidance=guidance,
+sampling = dict(temperature=UNSWEPT if auto and mode == 'eval' else temperature, top_k=top_k, guidance=guidance,
                 batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':

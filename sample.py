@@ -49,7 +49,8 @@ labels = ''                 # generate: class names or numbers, comma-separated 
 num_samples = 10            # generate and eval grids: images per class
 temperature = -1.0          # 1.0 samples the model's distribution; 0 takes the most likely code; -1 = eval chooses
                             # from sweep, and the other modes take its choice (out_dir/eval.json; 0.9 before any eval)
-sweep = '0.4,0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split
+sweep = '0.4,0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split,
+sweep_images = 1000         # ... on up to this many of its images each
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
 guidance = 1.5              # classifier-free guidance scale, against 'image:' with no class; 0 = none
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
@@ -71,7 +72,6 @@ device = 'auto'
 dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 where faster here (plumbing.fast_bf16)
 # -----------------------------------------------------------------------------
 configure(globals())
-SWEEP_IMAGES = 1000  # validation images drawn at each temperature of the sweep
 UNSWEPT = 0.9        # the temperature where no evaluation has chosen one
 
 
@@ -166,7 +166,7 @@ def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampl
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             reference, fidelity_samples, temperatures):
+             reference, fidelity_samples, temperatures, sweep_images):
     """The temperature chosen on the validation split (if temperatures are given: evaluation.knee), then
     every checkpoint of the run read on the whole test split, with a grid of num_samples drawings per
     class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes) and
@@ -179,8 +179,8 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
     swept = None
     if temperatures:
         model = load_model(paths[-1], meta, data_dir, device, dtype)[0]
-        val_images, val_labels = (t[:SWEEP_IMAGES].to(device) for t in load_images(data_dir, 'val', meta))
-        val_codes = load_split(data_dir, 'val', meta)[1][:SWEEP_IMAGES]
+        val_images, val_labels = (t[:sweep_images].to(device) for t in load_images(data_dir, 'val', meta))
+        val_codes = load_split(data_dir, 'val', meta)[1][:sweep_images]
         recon, rows = temperature_sweep(model, codec, tok, cnn, val_images, val_labels, val_codes, temperatures,
                                         sampling, seed + 2)
         chosen, limit = knee(rows, recon, len(val_labels))
@@ -265,7 +265,7 @@ sampling = dict(temperature=UNSWEPT if auto and mode == 'eval' else temperature,
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':
     evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, reference,
-             fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [])
+             fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [], sweep_images)
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)

@@ -13,8 +13,8 @@ data set's training split with early stopping on its validation split, and repor
 
 The tokenizer's kind and capacity follow the data unless set (kind='', levels='', hidden=0): grey
 images get MNIST's; colour images that one ink on one paper explains (letters, drawings, shapes) the ink
-tokenizer, which codes the two colours and the place apart from the shape; other colour images (photos) more codes and
-channels. FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and
+tokenizer, which codes the two colours and the place apart from the shape; other colour images (photos)
+more codes and channels. FSQ rather than a learned codebook for the conv tokenizer: it has no codebook to collapse and
 needs no auxiliary losses. Binary cross-entropy needs the decoder's output bias to start at the mean pixel's
 logit and a learning-rate warm-up: without them every image can get the same code. The checkpoint
 carries the data set (datasets.load_dataset's info), so prepare.py, train.py and sample.py need not
@@ -44,8 +44,8 @@ dataset = 'mnist'          # 'mnist', 'fashion', or a folder of class folders (s
 idx_dir = ''               # mnist/fashion: a folder holding the four IDX .gz files; '' = download from the mirrors
 image_size = 0             # images are resized to image_size x image_size; 0 = the data set's own (28 for MNIST)
 kind = ''                  # 'conv': a grid x grid map of codes; 'ink': the colours of one ink and one paper and the
-                           # drawing's place, then a conv grid of the ink, centred; '1d': tokens_per_image latent tokens (TiTok); 'mlp': the
-                           # published 784 -> hidden -> latent_dim; '' = from the data: 'ink' for colour images that
+                           # drawing's place, then a conv grid of the ink, centred; '1d': tokens_per_image latent
+                           # tokens (TiTok); 'mlp': the published 784 -> hidden -> latent_dim; '' = from the data: 'ink' for colour images that
                            # ink_and_paper keeps at least INK_SHARE of, else 'conv'
 quantizer = 'fsq'          # 'fsq': finite scalar quantisation with levels; 'vq': a learned codebook
 levels = ''                # fsq: values per latent channel, the codebook their product; '' = from the data (FITTED)

@@ -76,7 +76,8 @@ def test_train_and_sample(work):
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/run', cwd=work)
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
-    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', '--sweep=0.5,1.0', cwd=work)
+    p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', '--sweep=0.5,1.0',
+                   '--sweep_images=200', cwd=work)
     meta = json.loads((work / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]  # the newest run's only
@@ -94,7 +95,7 @@ def test_train_and_sample(work):
     assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
     assert 'test accuracy' in p.stdout
     sweep = report['sweep']  # the temperature chosen on validation images, then used for every drawing
-    assert [r['temperature'] for r in sweep['rows']] == [0.5, 1.0] and sweep['images'] == 1000
+    assert [r['temperature'] for r in sweep['rows']] == [0.5, 1.0] and sweep['images'] == 200
     assert q['temperature'] == sweep['chosen'] in (0.5, 1.0) and (out / 'sweep.png').is_file()
     assert f"chosen {sweep['chosen']:g}" in p.stdout
 

@@ -226,6 +226,7 @@ RULES = {
     'png_size': integer(0, 4096),
     'reference': writable_file,
     'fidelity_samples': integer(0, 100000),
+    'sweep_images': integer(1, 100000),
     # bench
     'repeats': integer(1),
     'n_samples': integer(1),

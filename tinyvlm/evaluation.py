@@ -35,6 +35,13 @@ def validity(codec, labels, codes):
     return sum(codec.parse(codec.text('generation', y, c.tolist())) is not None for y, c in zip(labels, codes)) / len(labels)
 
 
+def judged(cnn, images, real):
+    """Images (N, C, S, S) as the reference classifier sees them: its readings (N,) on the CPU, and the
+    Frechet distance of its features to those of the real images (real: their features, numpy)."""
+    return (classify_images(cnn, images).argmax(1).cpu(),
+            frechet_distance(classify_images(cnn, images, features=True).cpu().numpy(), real))
+
+
 def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_class, sampling, seed):
     """The tokenizer's reconstructions of the test images and per_class generated images of each class
     (per_class 0: one for each test image, of its class), drawn with sampling (generate_images'
@@ -43,36 +50,33 @@ def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_cl
     device = test_images.device
     K, classes = len(codec.classes), codec.classes
     real = classify_images(cnn, test_images, features=True).cpu().numpy()
-    recon = tok.decode(test_codes.to(device), sampling['batch_size'])
+    recon_read, recon_frechet = judged(cnn, tok.decode(test_codes.to(device), sampling['batch_size']), real)
     labels = [y for y in range(K) for _ in range(per_class)] if per_class else sorted(test_labels.tolist())
     images, codes = generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed), **sampling,
                                     progress=Progress('generating', len(labels), 'images'))
-    images = images.to(device)
-    read = classify_images(cnn, images).argmax(1).cpu()
+    read, frechet = judged(cnn, images.to(device), real)
     want = torch.tensor(labels)
-    return dict(reconstruction_fidelity=(classify_images(cnn, recon).argmax(1) == test_labels).float().mean().item(),
-                reconstruction_frechet=frechet_distance(classify_images(cnn, recon, features=True).cpu().numpy(), real),
+    return dict(reconstruction_fidelity=(recon_read == test_labels.cpu()).float().mean().item(),
+                reconstruction_frechet=recon_frechet,
                 generated=len(labels), generation_validity=validity(codec, labels, codes),
                 generation_fidelity=(read == want).float().mean().item(),
                 generation_fidelity_per_class={classes[y]: (read[want == y] == y).float().mean().item() for y in range(K)},
-                generation_frechet=frechet_distance(classify_images(cnn, images, features=True).cpu().numpy(), real),
-                distinct_generations=len(set(map(tuple, codes.tolist()))),
+                generation_frechet=frechet, distinct_generations=len(set(map(tuple, codes.tolist()))),
                 **{k: sampling[k] for k in ('temperature', 'top_k', 'guidance')})
 
 
 def temperature_sweep(model, codec, tok, cnn, images, labels, codes, temperatures, sampling, seed):
-    """Drawings of images' classes (one per image) at each temperature, scored as quality() scores them
+    """Drawings of images' classes (one per image) at each temperature, judged as quality() judges them
     against images (the validation split: the temperature is chosen without the test split).
     -> the reconstructions' Frechet distance, and per temperature its fidelity and Frechet distance."""
     real = classify_images(cnn, images, features=True).cpu().numpy()
-    recon = frechet_distance(classify_images(cnn, tok.decode(codes.to(images.device)), features=True).cpu().numpy(), real)
-    rows, want = [], labels.cpu()
+    recon = judged(cnn, tok.decode(codes.to(images.device), sampling['batch_size']), real)[1]
+    rows = []
     for t in temperatures:
         drawn = generate_images(model, codec, tok, labels.tolist(), torch.Generator(images.device).manual_seed(seed),
                                 **dict(sampling, temperature=t), progress=Progress(f"temperature {t}", len(labels), 'images'))[0]
-        drawn = drawn.to(images.device)
-        rows.append(dict(temperature=t, fidelity=(classify_images(cnn, drawn).argmax(1).cpu() == want).float().mean().item(),
-                         frechet=frechet_distance(classify_images(cnn, drawn, features=True).cpu().numpy(), real)))
+        read, frechet = judged(cnn, drawn.to(images.device), real)
+        rows.append(dict(temperature=t, fidelity=(read == labels.cpu()).float().mean().item(), frechet=frechet))
     return recon, rows
 
 

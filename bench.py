@@ -147,8 +147,8 @@ def sampling():
     tok = check_tokenizer(meta, data_dir).to(device)
     model, _ = load_model(os.path.join(out_dir, 'ckpt.pt'), meta, data_dir, device, pick_dtype(device))
     ys = sorted(i % len(codec.classes) for i in range(n_samples))
-    gen = lambda: generate_images(model, codec, tok, ys, torch.Generator(device).manual_seed(seed), temperature,
-                                  batch_size=batch_size, guidance=guidance)
+    gen = lambda: generate_images(model, codec, tok, ys, torch.Generator(device).manual_seed(seed),
+                                  temperature=temperature, batch_size=batch_size, guidance=guidance)
     report('generate', [n_samples / t for t in timed(gen)], 'images/s', images=n_samples)
     codes = load_split(data_dir, 'test', meta)[1][:n_samples]
     test, labels = (t[:n_samples] for t in load_images(data_dir, 'test', meta))

@@ -5,6 +5,9 @@ fixed seed in the `shares` given:
 
     number:7, image:ÀÁÆ...Ŀ.###        image:ÀÁÆ...Ŀ, class:Ankle boot.###
 
+A task of two images (MNIST addition, next) pairs each image with a second drawn from the same split
+(sequences.second_images): python prepare.py --shares=1,1,1,1 makes all four.
+
 The data set is the one the tokenizer was trained on (vqvae.py --dataset=...). Writes to data_dir,
 per split (train, val, test): SPLIT.txt (one sequence per line), SPLIT.bin (uint16 token ids,
 block_size per sequence), SPLIT_codes.npy, SPLIT_labels.npy and SPLIT_tasks.npy (every sequence's image
@@ -29,7 +32,7 @@ from tinyvlm.datasets import reload_dataset
 from tinyvlm.images import as_float, augmented
 from tinyvlm.plots import draw_logo
 from tinyvlm.plumbing import FORMAT, Progress, atomic_write, lock_folder, sha256_file, start_script, write_json
-from tinyvlm.sequences import Codec
+from tinyvlm.sequences import SINGLE, TASKS, Codec, second_images
 
 start_script()  # errors the user can fix end in one line
 # -----------------------------------------------------------------------------
@@ -43,19 +46,23 @@ rotate = 10.0                     # ... rotated up to this many degrees
 scale = 0.1                       # ... and scaled by up to 1 +- this;
 flip = False                      # ... and half of them mirrored left to right, for images whose mirror
                                   # image is as likely (not digits); sample.py then reads mirror images too
-shares = '1,1'                    # how the sequences divide among the tasks, in their order: '1,3' makes
-                                  # a quarter of them generation and three quarters classification
+shares = '1,1'                    # how the sequences divide among the tasks, in their order (generation,
+                                  # classification, addition, next): '1,3' makes a quarter of them generation
+                                  # and three quarters classification, and none of the tasks of two images
 seed = 1337
 # -----------------------------------------------------------------------------
 configure(globals())
 weights = parse_shares(shares)
-task_names, bounds = list(weights), np.cumsum(list(weights.values()))
-bounds /= bounds[-1]
 tok, tok_ckpt = load_tokenizer(tokenizer)
 splits, info = reload_dataset(tok_ckpt['dataset'], quiet=False)
 grid = tok.grid if tok.kind in ('conv', 'ink') and tok_ckpt['model_args']['stages'] == 1 else 0  # one raster grid, or none
 lead = tok.tokens_per_image - grid * grid if grid else 0  # codes of the whole image before the grid's
-codec = Codec(info['classes'], info['key'], tok.codebook_size, tok.tokens_per_image, block_size, grid=grid, lead=lead)
+# the single-image tasks are in every codec: their prompts read and draw (and guide) whatever the shares
+codec = Codec(info['classes'], info['key'], tok.codebook_size, tok.tokens_per_image, block_size, grid=grid, lead=lead,
+              tasks=[t for t in TASKS if t in SINGLE or weights.get(t)])
+task_names = list(codec.tasks)
+bounds = np.cumsum([weights.get(t, 0.0) for t in task_names])
+bounds /= bounds[-1]
 if codec.vocab_size > np.iinfo(np.uint16).max:
     raise Error(f"a vocabulary of {codec.vocab_size} tokens does not fit uint16 token ids")
 g = torch.Generator().manual_seed(seed)
@@ -86,10 +93,11 @@ try:
         codes = torch.cat(codes).numpy()
         labels = np.tile(labels, copies)
         tasks = np.searchsorted(bounds, rng.random(len(codes)), side='right')
+        second = second_images(task_names, tasks, labels, len(codec.classes), rng)
         progress = Progress(f"{split}: writing", len(codes), 'sequences')
         lines, ids = [], np.zeros((len(codes), codec.block_size), dtype=np.uint16)
-        for i, (c, y, t) in enumerate(zip(codes, labels, tasks)):
-            text, ids[i] = codec.line(task_names[t], y, c)
+        for i, (c, y, t, j) in enumerate(zip(codes, labels, tasks, second)):
+            text, ids[i] = codec.line(task_names[t], y, c, *((labels[j], codes[j]) if j >= 0 else ()))
             lines.append(text)
             progress.update()
         stage(f'{split}.txt', '\n'.join(lines) + '\n')

@@ -7,6 +7,8 @@ Use and evaluate a trained model. Modes:
     python sample.py --mode=classify --image=0-9      # image -> class: test images by index
     python sample.py --mode=classify --image=my_digit.png   # ... or an image file of your own
     python sample.py --mode=complete --image=0-4 --keep=3   # the first 3 rows of codes kept, the rest drawn
+    python sample.py --mode=add --image=0-9           # a run that learnt MNIST addition: the sums of pairs 0+1, 2+3, ...
+    python sample.py --mode=next --image=0-4          # a run that learnt next: digits of the next class drawn after each
     python sample.py --mode=serve                     # the web page, http://localhost:8000/
 
 The data set, its class names and the prepared data come with the checkpoint (its data_dir and that
@@ -17,7 +19,9 @@ the most frequent confusions, a grid of generated images per checkpoint (samples
 class), accuracy against iteration (accuracy.png), the quality of the tokenizer's reconstructions and
 of generated images as a reference classifier sees them, and all figures in out_dir/eval.json. Its
 drawings are made at the temperature it chooses on the validation split (sweep; sweep.png), which the
-other modes then take too.
+other modes then take too. A run that learnt tasks of two images (prepare.py's shares) is scored on
+those too: the sums of as many test pairs as test images, and what it draws after each test image for
+'next'.
 """
 import json
 import os
@@ -29,9 +33,9 @@ import torch
 from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model, run_checkpoints, trained_data_dir
 from tinyvlm.configurator import configure
-from tinyvlm.evaluation import knee, quality, reading_scores, temperature_sweep, validity
+from tinyvlm.evaluation import addition_scores, knee, next_scores, quality, reading_scores, temperature_sweep, validity
 from tinyvlm.images import read_image_file, save_image_grid, save_png
-from tinyvlm.inference import complete_images, generate_images, kept_rows, kept_view, mirrored, read_labels
+from tinyvlm.inference import answer_next, complete_images, generate_images, kept_rows, kept_view, mirrored, read_labels
 from tinyvlm.plots import plot_accuracy, plot_sweep
 from tinyvlm.plumbing import Progress, pick_device, pick_dtype, safe_name, start_script, write_json, write_npy
 from tinyvlm.prepared import load_images, load_meta, load_split
@@ -43,7 +47,7 @@ start_script()  # errors the user can fix end in one line
 # -----------------------------------------------------------------------------
 out_dir = 'out/vlm'         # the training run: its checkpoints, and where results are written
 data_dir = ''               # the prepared data; '' = the data_dir the checkpoint was trained on
-mode = 'eval'               # 'eval', 'generate', 'classify', 'complete' or 'serve' (a web page to play with)
+mode = 'eval'               # 'eval', 'generate', 'classify', 'complete', 'add', 'next' or 'serve' (a web page)
 ckpt = ''                   # a checkpoint file in out_dir; '' = every ckpt_{iter}.pt for eval, ckpt.pt otherwise
 labels = ''                 # generate: class names or numbers, comma-separated ('' = every class; MNIST: also '0123')
 num_samples = 10            # generate and eval grids: images per class
@@ -56,7 +60,8 @@ guidance = 1.5              # classifier-free guidance scale, against 'image:' w
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
 view_threshold = 0.95       # again moved one pixel each way (and mirrored where prepare.py's flip), views readings
                             # in all (1 = no second look)
-image = ''                  # classify, complete: test indices ('7', '0,5,9', '0-99') or an image file (PNG, JPEG, ...)
+image = ''                  # classify, complete, add, next: test indices ('7', '0,5,9', '0-99') or an image file (PNG,
+                            # JPEG, ...); add reads them in pairs
 keep = 3                    # complete: rows of codes kept from each image (a 1D tokenizer's row is one token)
 save_npy = ''               # generate: also write the images (N, C, S, S) in [0, 1] here, labels beside
 png_dir = ''                # generate: also write each image as its own PNG file in this folder ...
@@ -92,16 +97,20 @@ def parse_indices(spec, n):
 
 
 def inputs(image, mode, meta, data_dir, out_dir):
-    """The images that --image names: test images by index, or an image file, prepared as the data
-    set's. -> images (N, C, S, S), true labels (None for a file), names."""
+    """The images that --image names: test images by index, or image files (comma-separated), prepared
+    as the data set's. -> images (N, C, S, S), true labels (None for a file), names."""
     if not image:
         raise Error(f"{mode} needs --image=INDICES (test images) or --image=FILE")
     if os.path.exists(image) or not re.fullmatch(r'[\d,\s-]+', image):
-        x = torch.from_numpy(read_image_file(image, meta['dataset']))[None]
+        files = [image] if os.path.exists(image) else [f.strip() for f in image.split(',')]
+        x = torch.stack([torch.from_numpy(read_image_file(f, meta['dataset'])) for f in files])
         seen = os.path.join(out_dir, f'{mode}_input.png')
-        save_png(x[0], seen)
-        print(f"the {x.size(-1)}x{x.size(-1)} image the model saw: {seen}")
-        return x, [None], [image]
+        if len(x) > 1:
+            save_image_grid(x, seen, len(x))
+        else:
+            save_png(x[0], seen)
+        print(f"the {x.size(-1)}x{x.size(-1)} image{'s' if len(x) > 1 else ''} the model saw: {seen}")
+        return x, [None] * len(x), files
     images, truth = load_images(data_dir, 'test', meta)
     idx = parse_indices(image, len(images))
     return images[idx], truth[idx].tolist(), [f"test[{i}]" for i in idx]
@@ -165,19 +174,54 @@ def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampl
               + f": the model names its completions {', '.join(said)}")
 
 
+def add(model, codec, tok, x, truth, names, batch_size):
+    """Print the sum the model reads of each pair of images (the first and second, the third and
+    fourth, ...), and the most likely sums."""
+    if len(x) % 2:
+        raise Error(f"add reads images in pairs: give an even number of them, not {len(x)}")
+    device = next(model.parameters()).device
+    codes = tok.encode(x.to(device))
+    probs = model.next_token_probs(codec.prompts('addition', 'sum', codes=codes[0::2], codes2=codes[1::2], device=device),
+                                   codec.sum_ids, batch_size).cpu()
+    for i, p in enumerate(probs):
+        a, b = truth[2 * i], truth[2 * i + 1]
+        top = torch.argsort(p, descending=True)[:3].tolist()
+        print(f"{names[2 * i]} + {names[2 * i + 1]}: {codec.sums[top[0]]}" + (
+            '' if a is None or b is None else f" (true {codec.classes[a]} + {codec.classes[b]} = "
+                                              f"{codec.sums[codec.sum_of(a, b)]})")
+              + "  p: " + ' '.join(f"{codec.sums[k]}:{p[k]:.3f}" for k in top))
+
+
+def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out_dir):
+    """num_samples answers to each image in the 'next' task (the class the model names, then the image
+    it draws), as a PNG grid: per row the image, then its answers."""
+    codes = tok.encode(x.to(next(model.parameters()).device)).cpu()
+    drawn, _, named = answer_next(model, codec, tok, codes.repeat_interleave(num_samples, 0), generator, **sampling)
+    grid = torch.cat([torch.cat([x[i:i + 1], drawn[i * num_samples:(i + 1) * num_samples]]) for i in range(len(x))])
+    path = os.path.join(out_dir, 'next.png')
+    save_image_grid(grid, path, num_samples + 1, row_labels=names)
+    print(f"the next class after {len(x)} image(s), named and drawn: {path} (per row: the image, then {num_samples} "
+          "answers)")
+    for i, name in enumerate(names):
+        print(f"{name}: next:{codec.classes[int(named[i * num_samples])]}")
+
+
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
              reference, fidelity_samples, temperatures, sweep_images):
-    """The temperature chosen on the validation split (if temperatures are given: evaluation.knee), then
-    every checkpoint of the run read on the whole test split, with a grid of num_samples drawings per
-    class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes) and
-    the tokenizer's reconstructions scored by the reference classifier."""
+    """Each task the run learnt, scored on the test split: the temperature chosen on the validation
+    split (if temperatures are given: evaluation.knee), then every checkpoint of the run read (the
+    class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
+    class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes), the
+    tokenizer's reconstructions and the images it answers with ('next') scored by the reference
+    classifier."""
     info, classes = meta['dataset'], codec.classes
+    learnt = {t for t, w in meta['shares'].items() if w}
     test_codes = load_split(data_dir, 'test', meta)[1]
     test_images, test_labels = (t.to(device) for t in load_images(data_dir, 'test', meta))
     ref_path = reference or os.path.join('out', f"reference_{safe_name(info['name'])}.pt")
     cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
     swept = None
-    if temperatures:
+    if temperatures and 'generation' in learnt:
         model = load_model(paths[-1], meta, data_dir, device, dtype)[0]
         val_images, val_labels = (t[:sweep_images].to(device) for t in load_images(data_dir, 'val', meta))
         val_codes = load_split(data_dir, 'val', meta)[1][:sweep_images]
@@ -197,39 +241,55 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
     results = []
     for path in paths:
         model, ck = load_model(path, meta, data_dir, device, dtype)
-        progress = Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images')
-        pred = read_labels(model, codec, tok, test_codes, test_images, **reading, progress=progress).argmax(1)
-        images, codes = generate_images(model, codec, tok, grid_labels, torch.Generator(device).manual_seed(seed),
-                                        **sampling)
-        grid = os.path.join(out_dir, f"samples_{ck['iter_num']}.png")
-        save_image_grid(images, grid, num_samples, row_labels=[classes[y] for y in shown])
-        r = dict(iter=ck['iter_num'], checkpoint=os.path.basename(path), **reading_scores(pred, test_labels, classes),
-                 views=reading['views'], view_threshold=reading['threshold'], val_loss=ck['val_loss'],
-                 samples=os.path.basename(grid), generation_validity=validity(codec, grid_labels, codes),
+        r = dict(iter=ck['iter_num'], checkpoint=os.path.basename(path), val_loss=ck['val_loss'],
                  parameters=model.get_num_params())
+        said = []
+        if 'classification' in learnt:
+            progress = Progress(f"{os.path.basename(path)}: reading", len(test_codes), 'test images')
+            pred = read_labels(model, codec, tok, test_codes, test_images, **reading, progress=progress).argmax(1)
+            r.update(reading_scores(pred, test_labels, classes), views=reading['views'],
+                     view_threshold=reading['threshold'])
+            said.append(f"test accuracy {r['classification_accuracy']:.4f} \u00b1 {r['classification_stderr']:.4f}; "
+                        "most confused (true->predicted): "
+                        + ', '.join(f"{p['true']}->{p['predicted']} {p['count']}" for p in r['confusion_pairs'][:3]))
+        if 'addition' in learnt:
+            r.update(addition_scores(model, codec, test_codes, test_labels, seed + 3, reading['batch_size']))
+            said.append(f"sums of {r['sum_pairs']} test pairs {r['sum_accuracy']:.4f} \u00b1 {r['sum_stderr']:.4f}")
+        if 'generation' in learnt:
+            images, codes = generate_images(model, codec, tok, grid_labels, torch.Generator(device).manual_seed(seed),
+                                            **sampling)
+            grid = os.path.join(out_dir, f"samples_{ck['iter_num']}.png")
+            save_image_grid(images, grid, num_samples, row_labels=[classes[y] for y in shown])
+            r.update(samples=os.path.basename(grid), generation_validity=validity(codec, grid_labels, codes))
         results.append(r)
-        print(f"{r['checkpoint']} (iteration {r['iter']}): test accuracy {r['classification_accuracy']:.4f} \u00b1 "
-              f"{r['classification_stderr']:.4f}; most confused (true->predicted): "
-              + ', '.join(f"{p['true']}->{p['predicted']} {p['count']}" for p in r['confusion_pairs'][:3]), flush=True)
+        print(f"{r['checkpoint']} (iteration {r['iter']}): " + ('; '.join(said) or f"val loss {r['val_loss']:.4f}"),
+              flush=True)
 
-    read = results[-1]['classification_accuracy']
-    weak = None  # a judge that reads real images worse than the model does cannot tell its drawings' errors from its own
-    if ref_acc < 0.9 or ref_acc < read - results[-1]['classification_stderr']:
-        weak = (f"the reference classifier reads only {ref_acc:.4f} of the real test images (the model {read:.4f}): "
-                f"fidelity figures are bounded by its errors as much as by the model's")
-        print(f"warning: {weak}")
-    q = dict(iter=ck['iter_num'], reference=ref_path, reference_test_accuracy=ref_acc, reference_warning=weak,
-             **quality(model, codec, tok, cnn, test_images, test_labels, test_codes, fidelity_samples, sampling,
-                       seed + 1))
-    print(f"quality (reference classifier, {ref_acc:.4f} on {info['title']} test): reconstructions read correctly "
-          f"{q['reconstruction_fidelity']:.4f}, Frechet distance {q['reconstruction_frechet']:.2f}; {q['generated']} "
-          f"generated at iteration {q['iter']}, temperature {q['temperature']:g}: fidelity "
-          f"{q['generation_fidelity']:.4f}, Frechet distance {q['generation_frechet']:.2f}, validity "
-          f"{q['generation_validity']:.4f}, {q['distinct_generations']} distinct")
+    q = dict(iter=ck['iter_num'], reference=ref_path, reference_test_accuracy=ref_acc, reference_warning=None)
+    read = results[-1].get('classification_accuracy')
+    # a judge that reads real images worse than the model does cannot tell its drawings' errors from its own
+    if ref_acc < 0.9 or read is not None and ref_acc < read - results[-1]['classification_stderr']:
+        q['reference_warning'] = (f"the reference classifier reads only {ref_acc:.4f} of the real test images (the "
+                                  f"model {read:.4f}): fidelity figures are bounded by its errors as much as by the model's")
+        print(f"warning: {q['reference_warning']}")
+    if 'generation' in learnt:
+        q.update(quality(model, codec, tok, cnn, test_images, test_labels, test_codes, fidelity_samples, sampling,
+                         seed + 1))
+        print(f"quality (reference classifier, {ref_acc:.4f} on {info['title']} test): reconstructions read correctly "
+              f"{q['reconstruction_fidelity']:.4f}, Frechet distance {q['reconstruction_frechet']:.2f}, precision "
+              f"{q['reconstruction_precision']:.3f}, recall {q['reconstruction_recall']:.3f}; {q['generated']} generated "
+              f"at iteration {q['iter']}, temperature {q['temperature']:g}: fidelity {q['generation_fidelity']:.4f}, "
+              f"Frechet distance {q['generation_frechet']:.2f}, precision {q['generation_precision']:.3f}, recall "
+              f"{q['generation_recall']:.3f}, validity {q['generation_validity']:.4f}, {q['distinct_generations']} "
+              "distinct")
+    if 'next' in learnt:
+        q.update(next_scores(model, codec, tok, cnn, test_codes, test_labels, sampling, seed + 4))
+        print(f"next: after {q['next_images']} test images, the class named is the next {q['next_named']:.4f}, the "
+              f"image drawn read as it {q['next_fidelity']:.4f} \u00b1 {q['next_stderr']:.4f} (reference classifier)")
     write_json(os.path.join(out_dir, 'eval.json'), dict(
         out_dir=out_dir, data_dir=data_dir, dataset=info['title'], classes=classes, tokenizer=meta['tokenizer'],
-        tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size, quality=q, sweep=swept,
-        checkpoints=results))
+        tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size, tasks=sorted(learnt), quality=q,
+        sweep=swept, checkpoints=results))
     plot_accuracy(results, os.path.join(out_dir, 'accuracy.png'), f"{info['title']}, {out_dir}")
     print(f"wrote {out_dir}/eval.json, accuracy.png, {'sweep.png, ' if swept else ''}samples_{{iter}}.png")
 
@@ -274,6 +334,15 @@ else:
                  save_npy)
     elif mode == 'classify':
         classify(model, codec, tok, *inputs(image, mode, meta, data_dir, out_dir), reading)
+    elif mode in ('add', 'next'):
+        task = 'addition' if mode == 'add' else 'next'
+        if not meta['shares'].get(task):
+            raise Error(f"--mode={mode}: {out_dir} was not trained on the {task} task (prepare.py's shares give it none)")
+        x, truth, names = inputs(image, mode, meta, data_dir, out_dir)
+        if mode == 'add':
+            add(model, codec, tok, x, truth, names, batch_size)
+        else:
+            draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out_dir)
     elif mode == 'complete':
         label = codec.label(labels) if labels.strip() else None
         complete(model, codec, tok, *inputs(image, mode, meta, data_dir, out_dir), label, keep, num_samples, sampling,

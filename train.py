@@ -10,7 +10,8 @@ Several processes, DistributedDataParallel (gloo on CPU, nccl on GPU), as nanoGP
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=IP --master_port=1234 train.py
 
 Every batch row is one whole sequence starting at its start. At every evaluation the validation loss
-and the accuracy of reading the class of val images are printed, and the model is saved as
+and the accuracy of reading the class of val images (or, where the run learns sums and no classes,
+their sums) are printed, and the model is saved as
 ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) and ckpt.pt (everything
 needed to resume with --init_from=resume). The weights evaluated and saved are an exponential moving
 average of the trained ones (ema), and over the last tail_average of training their plain mean.
@@ -30,7 +31,8 @@ from tinyvlm.configurator import configure
 from tinyvlm.gpt import GPT, GPTConfig
 from tinyvlm.plumbing import autocast, lock_folder, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import check_data, data_signature, load_array, load_meta, load_split
-from tinyvlm.sequences import PAD, Codec, label_targets, training_pairs
+from tinyvlm.inference import reading_probe
+from tinyvlm.sequences import PAD, Codec, answer_targets, training_pairs
 
 start_script()  # errors the user can fix end in one line
 
@@ -49,7 +51,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0                  # train and val loss stay together: nothing to regularise
 bias = False
-label_weight = 10.0            # loss weight of the class name's tokens: a label is 1 of ~52 targets of a sequence, so
+label_weight = 10.0            # loss weight of the answers' tokens (a class name, a sum): a label is 1 of ~52 targets of a sequence, so
                                # with 1 (plain next-token loss) reading gets little of the gradient
 embed_codes = True             # image-code embeddings share structure through the codes' features (GPT.embeddings)
 # optimizer: AdamW, and Muon for the blocks' matrices
@@ -117,25 +119,32 @@ if device_type == 'cuda':
 torch.manual_seed(seed + rank)
 
 # data: every row is one whole sequence (training_pairs), held on the device whole (a few MB), with
-# a mask of the targets that are a class name (label_targets), which weigh label_weight in the loss
+# a mask of the targets that are an answer, a class name or a sum (answer_targets), which weigh
+# label_weight in the loss
 meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
 data = {}
 for split in ('train', 'val'):
     seqs, codes, labels, tasks = load_split(data_dir, split, meta)
     X, Y = training_pairs(seqs, codec.stoi[PAD])
-    data[split] = tuple(t.to(device) for t in (X, Y, label_targets(codec, tasks, X.size(1))))
-    if split == 'val':  # reading prompts 'image:XXXX, number:' for the first val images
-        val_prompts = codec.prompts('classification', 'label', codes=codes[:eval_classify], device=device)
-        val_labels = labels[:eval_classify].to(device)
+    data[split] = tuple(t.to(device) for t in (X, Y, answer_targets(codec, tasks, X.size(1))))
+    if split == 'val':  # what reading the first val images is judged by: 'image:XXXX, number:', or their sums
+        val_prompts, val_answers, val_labels = reading_probe(codec, meta['shares'], codes[:eval_classify],
+                                                             labels[:eval_classify], seed, device)
 batch_gen = torch.Generator(device=device)
 
 
-def get_batch(split, it):
-    """micro_batch random whole sequences (inputs, targets, label mask); the draw depends only on
-    (seed, rank, iteration), so a resumed run sees the same batches as one that never stopped."""
-    batch_gen.manual_seed(hash((seed, rank, split == 'val', it)) % 2 ** 62)  # ints only: same in every process
-    ix = torch.randint(len(data[split][0]), (micro_batch,), generator=batch_gen, device=device)
+def get_batch(split, it, micro_step=0):
+    """This process's micro_batch whole sequences (inputs, targets, answer mask) of a micro-step of
+    iteration it (micro_step None: all batch_size of them): the iteration's sequences are drawn from
+    (seed, it) alone, and each process and micro-step takes its own slice of them, so that any number
+    of processes (and nodes) trains on the same batches as one, and a resumed run on the same as one
+    that never stopped."""
+    batch_gen.manual_seed(hash((seed, 0, split == 'val', it)) % 2 ** 62)  # ints only: same in every process
+    ix = torch.randint(len(data[split][0]), (batch_size,), generator=batch_gen, device=device)
+    if micro_step is not None:
+        k = micro_step * world_size + rank
+        ix = ix[k * micro_batch:(k + 1) * micro_batch]
     return tuple(t[ix] for t in data[split])
 
 
@@ -207,13 +216,13 @@ def evaluate():
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            X, Y, _ = get_batch(split, -1 - k)
+            X, Y, _ = get_batch(split, -1 - k, None)
             with ctx:
                 _, loss = averaged(X, Y)
             losses[k] = loss.item()
         out[split] = losses.mean().item()
     with ctx:
-        probs = averaged.next_token_probs(val_prompts, codec.label_ids)
+        probs = averaged.next_token_probs(val_prompts, val_answers)
     out['val_accuracy'] = (probs.argmax(1) == val_labels).float().mean().item()
     averaged.train()
     return out
@@ -281,8 +290,8 @@ while True:
             weights = None if label_weight == 1 else 1 + (label_weight - 1) * M
             _, loss = model(X, Y, weights=weights)
             loss = loss / gradient_accumulation_steps
-        X, Y, M = get_batch('train', iter_num + 1 if micro_step == gradient_accumulation_steps - 1
-                         else (iter_num, micro_step + 1))  # prefetch the next batch while the GPU works
+        last = micro_step == gradient_accumulation_steps - 1  # prefetch the next micro-step's while the GPU works
+        X, Y, M = get_batch('train', *((iter_num + 1, 0) if last else (iter_num, micro_step + 1)))
         scaler.scale(loss).backward()
     if grad_clip != 0.0:
         for opt in optimizers:

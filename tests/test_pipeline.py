@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,6 +125,48 @@ def test_train_and_sample(work):
     assert seen.shape == (28, 28) and seen.max() > 200  # light digit on black, as MNIST
 
 
+def test_tasks_of_two_images(work):
+    """MNIST addition and next written, trained and scored end to end: with the single-image tasks, and
+    the benchmark's setting of sums alone (no label ever shown), where training and evaluation read sums."""
+    run_script('prepare.py', '--augment=0', '--shares=1,1,1,1', '--data_dir=data/mixed', cwd=work)
+    meta = json.loads((work / 'data/mixed/meta.json').read_text(encoding='utf-8'))
+    assert list(meta['tasks']) == ['generation', 'classification', 'addition', 'next'] and meta['block_size'] == 104
+    code = code_class(meta)
+    lines = (work / 'data/mixed/test.txt').read_text(encoding='utf-8').splitlines()
+    adds = [re.fullmatch(rf'image:{code}{{49}} plus image:{code}{{49}}, sum:(\d+)\.#*', s) for s in lines]
+    assert 0.2 < sum(m is not None for m in adds) / len(lines) < 0.3 and {int(m[1]) for m in adds if m} == set(range(19))
+    nexts = [re.fullmatch(rf'image:{code}{{49}}, next:(\d), image:{code}{{49}}\.#*', s) for s in lines]
+    assert 0.2 < sum(m is not None for m in nexts) / len(lines) < 0.3
+    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--data_dir=data/mixed', '--out_dir=out/mixed',
+               cwd=work)
+    p = run_script('sample.py', '--out_dir=out/mixed', '--num_samples=1', '--fidelity_samples=5', '--sweep=', cwd=work)
+    report = json.loads((work / 'out/mixed/eval.json').read_text())
+    r, q = report['checkpoints'][-1], report['quality']
+    assert report['tasks'] == ['addition', 'classification', 'generation', 'next']
+    assert r['sum_pairs'] == 10000 and 0 <= r['sum_accuracy'] <= 1 and 0 <= r['classification_accuracy'] <= 1
+    assert q['next_images'] == 10000 and 0 <= q['next_fidelity'] <= 1 and 0 <= q['next_named'] <= 1
+    assert q['generated'] == 50 and 'sums of 10000 test pairs' in p.stdout and 'the class named is the next' in p.stdout
+    p = run_script('sample.py', '--out_dir=out/mixed', '--mode=add', '--image=0-3', cwd=work)
+    assert len(re.findall(r'test\[\d\] \+ test\[\d\]: \d+ \(true \d \+ \d = \d+\)  p: ', p.stdout)) == 2
+    p = run_script('sample.py', '--out_dir=out/mixed', '--mode=next', '--image=0,1', '--num_samples=2', cwd=work)
+    assert re.search(r'test\[1\]: next:\d', p.stdout) and (work / 'out/mixed/next.png').is_file()
+    assert 'in pairs: give an even number of them, not 3' in error_line(
+        run_script('sample.py', '--out_dir=out/mixed', '--mode=add', '--image=0-2', cwd=work, check=False))
+
+    run_script('prepare.py', '--augment=0', '--shares=0,0,1', '--data_dir=data/sums', cwd=work)
+    assert all(' plus image:' in s for s in (work / 'data/sums/val.txt').read_text(encoding='utf-8').splitlines())
+    p = run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--data_dir=data/sums', '--out_dir=out/sums',
+                   cwd=work)
+    assert 'val accuracy' in p.stdout
+    p = run_script('sample.py', '--out_dir=out/sums', cwd=work)
+    report = json.loads((work / 'out/sums/eval.json').read_text())
+    assert report['tasks'] == ['addition'] and 'classification_accuracy' not in report['checkpoints'][-1]
+    assert 'generation_fidelity' not in report['quality'] and report['sweep'] is None
+    assert (work / 'out/sums/accuracy.png').is_file() and not list((work / 'out/sums').glob('samples_*.png'))
+    assert 'was not trained on the next task' in error_line(
+        run_script('sample.py', '--out_dir=out/sums', '--mode=next', '--image=0', cwd=work, check=False))
+
+
 def test_resume_continues_exactly(work):
     """Stopped at 20 and resumed to 40, a run ends with the same weights as one that never stopped."""
     run_script('train.py', *TINY, '--max_iters=40', '--eval_interval=20', '--out_dir=out/straight', cwd=work)
@@ -195,20 +238,33 @@ def test_killed_run_resumes(work):
     assert torch.load(out / 'ckpt.pt', weights_only=True)['iter_num'] == it + 10
 
 
-def test_two_processes(work):
-    """torchrun with two CPU processes (gloo) trains and writes the same checkpoints."""
+def test_processes_and_nodes_train_as_one(work):
+    """torchrun with two CPU processes (gloo), on one node or as two nodes of one process each (the
+    README's multi-node command, rendezvous on 127.0.0.1), ends with the weights of one process over the
+    same global batch: in float32, equal up to the order of the gradient's sums."""
     torchrun = shutil.which('torchrun')
     cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run'])
-    p = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', os.path.join(REPO, 'train.py'), *TINY,
-                              '--max_iters=20', '--eval_interval=10', '--out_dir=out/ddp'],
-                       cwd=work, capture_output=True, text=True, timeout=600)
+    args = [os.path.join(REPO, 'train.py'), *TINY, '--max_iters=20', '--eval_interval=10', '--dtype=float32']
+    run_script('train.py', *args[1:], '--out_dir=out/one', cwd=work)
+    p = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', *args, '--out_dir=out/ddp'], cwd=work,
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert '2 process(es)' in p.stdout and 'step 20:' in p.stdout
-    ddp = [torch.load(work / f'out/ddp/ckpt_{i}.pt', weights_only=True)['val_loss'] for i in (10, 20)]
-    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out/single', cwd=work)
-    one = [torch.load(work / f'out/single/ckpt_{i}.pt', weights_only=True)['val_loss'] for i in (10, 20)]
-    # the same global batch: the same curve up to the batches drawn
-    assert ddp[1] < ddp[0] and all(abs(a - b) / b < 0.1 for a, b in zip(ddp, one)), (ddp, one)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(cmd + ['--nnodes=2', '--nproc_per_node=1', f'--node_rank={r}', '--master_addr=127.0.0.1',
+                                     f'--master_port={port}', *args, '--out_dir=out/nodes'],
+                              cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [n.communicate(timeout=600) for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), [o[1][-3000:] for o in outs]
+    assert '2 process(es)' in outs[0][0] and 'step 20:' in outs[0][0]
+    one = torch.load(work / 'out/one/ckpt.pt', weights_only=True)
+    for run in ('ddp', 'nodes'):
+        other = torch.load(work / f'out/{run}/ckpt.pt', weights_only=True)
+        for key in ('trained', 'model'):  # the trained weights, and their average that is evaluated
+            assert all(torch.allclose(one[key][k], other[key][k], rtol=0, atol=1e-5) for k in one[key]), (run, key)
+        assert abs(other['val_loss'] - one['val_loss']) < 1e-4
 
 
 def test_clear_errors(work, tmp_path):

@@ -1,9 +1,9 @@
-"""reference: the reference CNN's shapes and the Frechet distance."""
+"""reference: the reference CNN's shapes, the Frechet distance, precision and recall."""
 import numpy as np
 import pytest
 import torch
 
-from tinyvlm.reference import ImageCNN, frechet_distance
+from tinyvlm.reference import ImageCNN, frechet_distance, precision_recall
 
 
 def test_frechet_distance():
@@ -12,6 +12,19 @@ def test_frechet_distance():
     assert abs(frechet_distance(a, a)) < 1e-6
     b = rng.normal(size=(4000, 5)) * 2 + 1  # N(1, 4I) vs N(0, I): 5 * 1 + 5 * (1 + 4 - 2 * 2) = 10
     assert abs(frechet_distance(a, b) - 10) < 0.5
+
+
+def test_precision_and_recall_tell_faithful_from_diverse():
+    """Samples of the data itself are faithful and cover it; samples that all sit at one corner of it
+    are faithful but cover little; samples elsewhere are neither."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(2000, 4))
+    precision, recall = precision_recall(real, rng.normal(size=(2000, 4)))
+    assert precision > 0.9 and recall > 0.9
+    precision, recall = precision_recall(real, rng.normal(size=(2000, 4)) * 0.05 + 0.3)  # all alike
+    assert precision > 0.9 and recall < 0.2
+    precision, recall = precision_recall(real, rng.normal(size=(2000, 4)) + 10)
+    assert precision == 0 and recall == 0
 
 
 @pytest.mark.parametrize('channels, size, classes', [(1, 28, 10), (3, 32, 4), (3, 20, 2)])

@@ -9,7 +9,7 @@ import torch
 from make_data import DIGITS, mnist_codec
 from tinyvlm import Error
 from tinyvlm.datasets import IDX_SETS
-from tinyvlm.sequences import PAD, Codec, code_alphabet, label_targets, training_pairs
+from tinyvlm.sequences import PAD, TASKS, Codec, answer_targets, code_alphabet, second_images, training_pairs
 
 FASHION = IDX_SETS['fashion']['classes']
 
@@ -22,7 +22,8 @@ def test_codec_round_trip(codebook_size, tokens):
     assert len(text) == tokens and np.array_equal(codec.image_codes(text), codes)
     seq, ids = codec.line('generation', 3, codes)
     assert len(ids) == codec.block_size and codec.decode(ids) == seq
-    assert codec.parse(seq) == ('generation', 3, pytest.approx(codes))
+    parsed = codec.parse(seq)
+    assert parsed['task'] == 'generation' and parsed['label'] == 3 and np.array_equal(parsed['image'], codes)
     ids = [codec.stoi[c] for c in text]
     assert min(ids) >= codec.code_offset and codec.vocab_size == codec.code_offset + codebook_size
     assert not set(text) & set(codec.itos[:codec.code_offset])  # codes are disjoint from the text
@@ -53,11 +54,11 @@ def test_templates_and_padding():
     assert codec.decode(codec.tokens('classification', upto='image')) == 'image:'
     assert codec.itos[:codec.code_offset] == ['#', ', image:', ', number:', '.', *DIGITS, 'image:', 'number:']
     assert codec.vocab_size == 42 and codec.label_ids == [codec.stoi[d] for d in DIGITS]
-    assert codec.parse('number:7, image:PTKRWCIU.####')[:2] == ('generation', 7)
+    assert codec.parse('number:7, image:PTKRWCIU.####') == dict(task='generation', label=7, image=pytest.approx(codes))
     for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
                 'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:72.'):
         assert codec.parse(bad) is None
-    assert codec.label_position('generation') == 1 and codec.label_position('classification') == 10
+    assert codec.answer_position('generation') == 1 and codec.answer_position('classification') == 10
     with pytest.raises(Error, match='block_size 11 is too short'):
         mnist_codec(block=11)
     with pytest.raises(Error, match="class name '.' is also a piece of the sequence format"):
@@ -72,7 +73,7 @@ def test_class_names_as_words():
     assert s.startswith('image:') and s.split('#')[0].endswith(', class:T-shirt/top.')
     assert len(ids) == 72 and ids.index(codec.stoi['T-shirt/top']) == 1 + 49 + 1 and codec.decode(ids) == s
     assert codec.line('generation', 9, codes)[0].startswith('class:Ankle boot, image:')
-    assert codec.parse(s)[:2] == ('classification', 0)
+    assert codec.parse(s)['task'] == 'classification' and codec.parse(s)['label'] == 0
     assert len(codec.tokens('generation', 9, codes)) == len(codec.tokens('generation', 8, codes)) == 1 + 1 + 1 + 49 + 1
     assert codec.labels('Sneaker,bag') == [7, 8] and codec.labels('') == list(range(10)) and codec.labels('3') == [3]
     assert mnist_codec().labels('0123') == [0, 1, 2, 3] and mnist_codec().labels('7') == [7]
@@ -81,7 +82,7 @@ def test_class_names_as_words():
             codec.label(bad)
     with pytest.raises(Error, match='unknown class'):
         mnist_codec().labels('7x')
-    assert ids[codec.label_position('classification')] == codec.label_ids[0]
+    assert ids[codec.answer_position('classification')] == codec.label_ids[0]
     other = Codec(['Shirt', 'Shirts', 'Bag'], 'class', 26, 8, 40)  # whole names, one token each, even a name's prefix
     assert [other.itos[i] for i in other.label_ids] == ['Shirt', 'Shirts', 'Bag'] and len(set(other.label_ids)) == 3
 
@@ -108,12 +109,64 @@ def test_training_pairs_start_at_sequence_starts():
         assert torch.equal(y, ids[1:12]) and codec.decode(y).endswith('.')
 
 
-def test_label_targets_come_from_the_tasks():
+def test_answer_targets_come_from_the_tasks():
     """The targets that are a class name, found from the task table."""
     codec = Codec(FASHION, 'class', 26, 8, 40)
     tasks, labels = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 8, 9])
     pairs = [codec.line(list(codec.tasks)[t], y, [1] * 8) for t, y in zip(tasks.tolist(), labels.tolist())]
     X, Y = training_pairs(torch.tensor([ids for _, ids in pairs]), codec.stoi[PAD])
-    mask = label_targets(codec, tasks, X.size(1))
+    mask = answer_targets(codec, tasks, X.size(1))
     assert (mask.sum(1) == 1).all()
     assert [codec.decode(y[m]) for y, m in zip(Y, mask)] == ['T-shirt/top', 'T-shirt/top', 'Bag', 'Ankle boot']
+
+
+def test_tasks_of_two_images_round_trip():
+    """Every task, those of two images included, writes a line that parses back to what was written."""
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=list(TASKS))
+    a, b = [15, 19, 10, 17, 22, 2, 8, 20], [0, 1, 2, 3, 4, 5, 6, 25]
+    assert codec.line('addition', 7, a, 5, b)[0] == 'image:PTKRWCIU plus image:ABCDEFGZ, sum:12.' + '#' * 3
+    assert codec.line('next', 7, a, 8, b)[0] == 'image:PTKRWCIU, next:8, image:ABCDEFGZ.' + '#' * 3
+    assert codec.block_size == 24 and codec.sums == list(range(19))
+    for task in TASKS:
+        s, ids = codec.line(task, 7, a, 5, b)
+        assert codec.decode(ids) == s and len(ids) == codec.block_size
+        parsed = codec.parse(s)
+        assert parsed['task'] == task and np.array_equal(parsed['image'], a)
+        assert ('image2' in parsed) == ('{image2}' in TASKS[task])
+        if task == 'addition':
+            assert codec.sums[parsed['sum']] == 12 and ids[codec.answer_position(task)] == codec.stoi['12']
+        if task == 'next':
+            assert parsed['label2'] == 5 and ids[codec.answer_position(task)] == codec.label_ids[5]
+    assert codec.text('addition', codes=a, codes2=b, upto='sum') == 'image:PTKRWCIU plus image:ABCDEFGZ, sum:'
+    assert codec.decode(codec.prompts('next', 'image2', codes=[a], labels2=[8])[0]) == 'image:PTKRWCIU, next:8, image:'
+    assert codec.decode(codec.prompts('next', 'label2', codes=[a])[0]) == 'image:PTKRWCIU, next:'
+    for bad in ('image:PTKRWCIU plus image:ABCDEFGZ, sum:19.', 'image:PTKRWCIU plus image:ABCDEFG, sum:12.',
+                'image:PTKRWCIU, next:image:ABCDEFGZ.', 'image:PTKRWCIU, next:x, image:ABCDEFGZ.'):
+        assert codec.parse(bad) is None
+    with pytest.raises(Error, match="adds class names that are numbers.*'T-shirt/top'"):
+        Codec(FASHION, 'class', 26, 8, tasks=['generation', 'addition'])
+    assert Codec(FASHION, 'class', 26, 8, tasks=['next']).tasks == {'next': TASKS['next']}
+
+
+def test_second_images_and_answers():
+    """'next' pairs an image with one of the class after its own; addition with any; the answer targets
+    are the class names (the one 'next' names too) and the sums, never an image."""
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=list(TASKS))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+    tasks = rng.integers(0, 4, 400)
+    second = second_images(list(codec.tasks), tasks, labels, 10, rng)
+    assert (second[tasks < 2] == -1).all() and (second[tasks >= 2] >= 0).all()
+    nxt = tasks == 3
+    assert ((labels[second[nxt]] - labels[nxt]) % 10 == 1).all()
+    assert len(set(labels[second[tasks == 2]].tolist())) == 10
+    pairs = [codec.line(list(codec.tasks)[t], y, [1] * 8, *((labels[j], [2] * 8) if j >= 0 else ()))
+             for t, y, j in zip(tasks, labels, second)]
+    X, Y = training_pairs(torch.tensor([ids for _, ids in pairs]), codec.stoi[PAD])
+    mask = answer_targets(codec, torch.from_numpy(tasks), X.size(1))
+    assert (mask.sum(1) == 1).all()
+    got = [codec.decode(y[m]) for y, m in zip(Y, mask)]
+    assert all(g == str(labels[i] + labels[second[i]]) for i, g in enumerate(got) if tasks[i] == 2)
+    assert all(g == str((labels[i] + 1) % 10) for i, g in enumerate(got) if tasks[i] == 3)
+    with pytest.raises(Error, match="images of every class"):
+        second_images(['next'], np.zeros(5), np.array([0, 0, 1, 1, 2]), 4, rng)

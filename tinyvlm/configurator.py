@@ -101,9 +101,10 @@ def levels(v):
 
 
 def parse_shares(v):
-    """'1,3' -> {task: weight} in the order of sequences.TASKS; ValueError if it is not numbers."""
+    """'1,3' -> {task: weight} in the order of sequences.TASKS, for as many tasks as are given (the
+    rest have none); ValueError if it is not numbers."""
     ws = [float(x) for x in str(v).split(',')]
-    if len(ws) != len(TASKS):
+    if len(ws) > len(TASKS):
         raise ValueError(v)
     return dict(zip(TASKS, ws))
 
@@ -114,8 +115,8 @@ def shares(v):
     except ValueError:
         ws = []
     if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or sum(ws) <= 0:
-        return (f"{len(TASKS)} numbers of at least 0 separated by commas, one per task ({', '.join(TASKS)}), not all 0, "
-                f"like 1,3")
+        return (f"up to {len(TASKS)} numbers of at least 0 separated by commas, one per task in the order "
+                f"{', '.join(TASKS)} (those left out get none), not all 0, like 1,3")
 
 
 def device(v):
@@ -204,7 +205,7 @@ RULES = {
     'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
     'flip': None, 'latent_norm': None,  # bools: the type says it all
     # using the model
-    'mode': one_of('eval', 'generate', 'classify', 'complete', 'serve'),
+    'mode': one_of('eval', 'generate', 'classify', 'complete', 'add', 'next', 'serve'),
     'keep': integer(0, 4096),
     'host': lambda v: None if v.strip() else 'an address to listen on, like 127.0.0.1',
     'port': integer(0, 65535),

@@ -10,9 +10,9 @@ import math
 
 import torch
 
-from tinyvlm.inference import generate_images
+from tinyvlm.inference import answer_next, generate_images, sum_probe
 from tinyvlm.plumbing import Progress
-from tinyvlm.reference import classify_images, frechet_distance
+from tinyvlm.reference import classify_images, frechet_distance, precision_recall
 
 
 def reading_scores(pred, truth, classes):
@@ -30,53 +30,83 @@ def reading_scores(pred, truth, classes):
                 confusion_pairs=pairs, confusion_matrix=confusion.tolist())
 
 
+def addition_scores(model, codec, codes, labels, seed, batch_size=250):
+    """MNIST addition: each image paired with another of the same split (inference.sum_probe), the sum
+    read from 'image:A plus image:B, sum:' over the sums. -> its accuracy, standard error, pairs."""
+    prompts, truth = sum_probe(codec, codes, labels.cpu(), seed, next(model.parameters()).device)
+    pred = model.next_token_probs(prompts, codec.sum_ids, batch_size).argmax(1)
+    acc = (pred == truth).float().mean().item()
+    return dict(sum_accuracy=acc, sum_stderr=math.sqrt(acc * (1 - acc) / len(truth)), sum_pairs=len(truth))
+
+
+def next_scores(model, codec, tok, cnn, codes, labels, sampling, seed):
+    """Images answered by images: for each image, the class the model names after 'image:A, next:' and
+    the image it then draws, read by the reference classifier cnn, against the class after A's (the
+    last class's next is the first)."""
+    device = labels.device
+    drawn, _, named = answer_next(model, codec, tok, codes, torch.Generator(device).manual_seed(seed), **sampling,
+                                  progress=Progress('next', len(codes), 'images'))
+    want = ((labels + 1) % len(codec.classes)).cpu()
+    acc = (classify_images(cnn, drawn.to(device)).argmax(1).cpu() == want).float().mean().item()
+    return dict(next_fidelity=acc, next_stderr=math.sqrt(acc * (1 - acc) / len(labels)), next_images=len(labels),
+                next_named=(named == want).float().mean().item())
+
+
 def validity(codec, labels, codes):
     """The share of generated sequences that follow the generation task's grammar."""
     return sum(codec.parse(codec.text('generation', y, c.tolist())) is not None for y, c in zip(labels, codes)) / len(labels)
 
 
 def judged(cnn, images, real):
-    """Images (N, C, S, S) as the reference classifier sees them: its readings (N,) on the CPU, and the
-    Frechet distance of its features to those of the real images (real: their features, numpy)."""
-    return (classify_images(cnn, images).argmax(1).cpu(),
-            frechet_distance(classify_images(cnn, images, features=True).cpu().numpy(), real))
+    """Images (N, C, S, S) as the reference classifier sees them, against the real images' features
+    (numpy): its readings (N,) on the CPU, the Frechet distance of its features to the real ones, and
+    their precision and recall (reference.precision_recall: faithful apart from diverse)."""
+    features = classify_images(cnn, images, features=True).cpu().numpy()
+    precision, recall = precision_recall(real, features)
+    return dict(read=classify_images(cnn, images).argmax(1).cpu(), frechet=frechet_distance(features, real),
+                precision=precision, recall=recall)
 
 
 def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_class, sampling, seed):
     """The tokenizer's reconstructions of the test images and per_class generated images of each class
     (per_class 0: one for each test image, of its class), drawn with sampling (generate_images'
     settings), as the reference classifier cnn sees them: fidelity (read as the class they should be),
-    Frechet distance to the real test images, validity and distinct token strings of the generated."""
+    Frechet distance to the real test images, precision and recall, validity and distinct token strings
+    of the generated."""
     device = test_images.device
     K, classes = len(codec.classes), codec.classes
     real = classify_images(cnn, test_images, features=True).cpu().numpy()
-    recon_read, recon_frechet = judged(cnn, tok.decode(test_codes.to(device), sampling['batch_size']), real)
+    recon = judged(cnn, tok.decode(test_codes.to(device), sampling['batch_size']), real)
     labels = [y for y in range(K) for _ in range(per_class)] if per_class else sorted(test_labels.tolist())
     images, codes = generate_images(model, codec, tok, labels, torch.Generator(device).manual_seed(seed), **sampling,
                                     progress=Progress('generating', len(labels), 'images'))
-    read, frechet = judged(cnn, images.to(device), real)
-    want = torch.tensor(labels)
-    return dict(reconstruction_fidelity=(recon_read == test_labels.cpu()).float().mean().item(),
-                reconstruction_frechet=recon_frechet,
+    drawn = judged(cnn, images.to(device), real)
+    want, read = torch.tensor(labels), drawn['read']
+    return dict(reconstruction_fidelity=(recon['read'] == test_labels.cpu()).float().mean().item(),
+                reconstruction_frechet=recon['frechet'], reconstruction_precision=recon['precision'],
+                reconstruction_recall=recon['recall'],
                 generated=len(labels), generation_validity=validity(codec, labels, codes),
                 generation_fidelity=(read == want).float().mean().item(),
                 generation_fidelity_per_class={classes[y]: (read[want == y] == y).float().mean().item() for y in range(K)},
-                generation_frechet=frechet, distinct_generations=len(set(map(tuple, codes.tolist()))),
+                generation_frechet=drawn['frechet'], generation_precision=drawn['precision'],
+                generation_recall=drawn['recall'], distinct_generations=len(set(map(tuple, codes.tolist()))),
                 **{k: sampling[k] for k in ('temperature', 'top_k', 'guidance')})
 
 
 def temperature_sweep(model, codec, tok, cnn, images, labels, codes, temperatures, sampling, seed):
     """Drawings of images' classes (one per image) at each temperature, judged as quality() judges them
     against images (the validation split: the temperature is chosen without the test split).
-    -> the reconstructions' Frechet distance, and per temperature its fidelity and Frechet distance."""
+    -> the reconstructions' Frechet distance, and per temperature its fidelity, Frechet distance,
+    precision and recall."""
     real = classify_images(cnn, images, features=True).cpu().numpy()
-    recon = judged(cnn, tok.decode(codes.to(images.device), sampling['batch_size']), real)[1]
+    recon = judged(cnn, tok.decode(codes.to(images.device), sampling['batch_size']), real)['frechet']
     rows = []
     for t in temperatures:
         drawn = generate_images(model, codec, tok, labels.tolist(), torch.Generator(images.device).manual_seed(seed),
                                 **dict(sampling, temperature=t), progress=Progress(f"temperature {t}", len(labels), 'images'))[0]
-        read, frechet = judged(cnn, drawn.to(images.device), real)
-        rows.append(dict(temperature=t, fidelity=(read == labels.cpu()).float().mean().item(), frechet=frechet))
+        j = judged(cnn, drawn.to(images.device), real)
+        rows.append(dict(temperature=t, fidelity=(j['read'] == labels.cpu()).float().mean().item(), frechet=j['frechet'],
+                         precision=j['precision'], recall=j['recall']))
     return recon, rows
 
 

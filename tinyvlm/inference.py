@@ -3,33 +3,76 @@ Using a trained model: drawing (class -> image), reading (image -> class) and co
 codes of an image -> the rest). Generation is constrained by the sequence grammar: after
 'number:7, image:' only image codes can be drawn, so every generated sequence decodes to an image.
 """
+import numpy as np
 import torch
 
 from tinyvlm import Error
 from tinyvlm.images import shifted
+from tinyvlm.sequences import second_images
 
 SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))  # (dx, dy) of the extra views
 
 
-def generate_images(model, codec, tok, labels, generator, temperature=1.0, top_k=0, batch_size=250, guidance=0.0,
-                    progress=None):
-    """One image per label: sample its codes after 'number:7, image:' (codes only), then decode.
-    batch_size images at a time.
-    -> images (N, C, S, S) on the CPU, codes (N, tokens_per_image)."""
+def draw_codes(model, codec, prompts_of, n, generator, temperature=1.0, top_k=0, batch_size=250, guidance=0.0,
+               progress=None):
+    """An image's codes sampled after each of n prompts (codes only), batch_size at a time (prompts_of(i, j):
+    rows i..j-1), guided against 'image:'. -> codes (N, tokens_per_image) on the model's device."""
     device = next(model.parameters()).device
     allowed = codec.code_mask(device)
     codes = []
-    for i in range(0, len(labels), batch_size):
-        j = min(i + batch_size, len(labels))
-        prompts = codec.prompts('generation', 'image', labels=labels[i:j], device=device)
+    for i in range(0, n, batch_size):
+        j = min(i + batch_size, n)
+        prompts = prompts_of(i, j)
         uncond = codec.prompts('classification', 'image', labels=[None] * (j - i), device=device) if guidance else None
         out = model.generate(prompts, codec.tokens_per_image, temperature, top_k or None, allowed, generator,
                              guidance, uncond)
         codes.append(out[:, prompts.size(1):] - codec.code_offset)
         if progress:
             progress.update(j - i)
-    codes = torch.cat(codes)
+    return torch.cat(codes)
+
+
+def generate_images(model, codec, tok, labels, generator, batch_size=250, **sampling):
+    """One image per label: its codes sampled after 'number:7, image:' (draw_codes), then decoded.
+    -> images (N, C, S, S) on the CPU, codes (N, tokens_per_image)."""
+    device = next(model.parameters()).device
+    codes = draw_codes(model, codec, lambda i, j: codec.prompts('generation', 'image', labels=labels[i:j], device=device),
+                       len(labels), generator, batch_size=batch_size, **sampling)
     return tok.decode(codes, batch_size).cpu(), codes.cpu()
+
+
+@torch.no_grad()
+def answer_next(model, codec, tok, codes, generator, batch_size=250, **sampling):
+    """The 'next' task: after 'image:A, next:' the model names a class (its most likely), then draws one
+    after ', image:'. codes: the images A's (N, T).
+    -> the images drawn (N, C, S, S) and their codes, on the CPU, and the classes named (N,)."""
+    device = next(model.parameters()).device
+    codes = torch.as_tensor(codes)
+    named = model.next_token_probs(codec.prompts('next', 'label2', codes=codes, device=device), codec.label_ids,
+                                   batch_size).argmax(1).tolist()
+    drawn = draw_codes(model, codec, lambda i, j: codec.prompts('next', 'image2', codes=codes[i:j], labels2=named[i:j],
+                                                                device=device),
+                       len(codes), generator, batch_size=batch_size, **sampling)
+    return tok.decode(drawn, batch_size).cpu(), drawn.cpu(), torch.tensor(named)
+
+
+def sum_probe(codec, codes, labels, seed, device='cpu'):
+    """Each image paired with another of them (sequences.second_images, drawn with seed): the prompts
+    'image:A plus image:B, sum:' (N, T) and the right sums (N,) as indices into codec.sums."""
+    second = torch.from_numpy(second_images(['addition'], np.zeros(len(labels)), labels.numpy(), len(codec.classes),
+                                            np.random.default_rng(seed)))
+    truth = torch.tensor([codec.sum_of(a, b) for a, b in zip(labels.tolist(), labels[second].tolist())], device=device)
+    return codec.prompts('addition', 'sum', codes=codes, codes2=codes[second], device=device), truth
+
+
+def reading_probe(codec, shares, codes, labels, seed, device='cpu'):
+    """What a run's reading is judged by: the class of each image ('image:A, number:' over the class
+    names), or in a run that learns sums and no classes, the sum of each and another (sum_probe).
+    -> prompts (N, T), the answer token ids, the right answers (N,) as indices into them."""
+    if shares.get('classification') or not shares.get('addition'):
+        return codec.prompts('classification', 'label', codes=codes, device=device), codec.label_ids, labels.to(device)
+    prompts, truth = sum_probe(codec, codes, labels, seed, device)
+    return prompts, codec.sum_ids, truth
 
 
 def mirrored(meta):

@@ -77,15 +77,17 @@ def draw_logo(codes, labels, codec, title, path):
 
 
 def plot_accuracy(results, path, title):
-    """Test accuracy (image -> class, with its standard error) at each evaluated checkpoint."""
+    """Test accuracy (image -> class, with its standard error) at each evaluated checkpoint; of a run
+    that learnt sums and no classes, the accuracy of the sums."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     it = [r['iter'] for r in results]
-    ax.errorbar(it, [r['classification_accuracy'] for r in results],
-                yerr=[r['classification_stderr'] for r in results], marker='o', capsize=3)
+    key, what = ('classification', 'image -> class') if 'classification_accuracy' in results[-1] else ('sum', 'two images -> sum')
+    ax.errorbar(it, [r[f'{key}_accuracy'] for r in results], yerr=[r[f'{key}_stderr'] for r in results], marker='o',
+                capsize=3)
     ax.set_xlabel('iteration')
-    ax.set_ylabel('test accuracy, image -> class (\u00b11 s.e.)')
-    ax.set_title(f"{title}: {results[-1]['classification_accuracy']:.4f} at {it[-1]}")
+    ax.set_ylabel(f'test accuracy, {what} (\u00b11 s.e.)')
+    ax.set_title(f"{title}: {results[-1][f'{key}_accuracy']:.4f} at {it[-1]}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))

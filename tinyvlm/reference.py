@@ -123,3 +123,19 @@ def frechet_distance(a, b):
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ s_b @ root_a), 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
+
+
+def precision_recall(real, fake, k=3, chunk=1000):
+    """Improved precision and recall (Kynkaanniemi et al. 2019, https://arxiv.org/abs/1904.06991) of
+    two feature sets (N, D): precision is the share of fake samples inside the real manifold (the union
+    of balls around each real sample reaching its k-th nearest real neighbour), how faithful they are;
+    recall the share of real samples inside the fake manifold, how much of the data they cover."""
+    real, fake = torch.as_tensor(real, dtype=torch.float32), torch.as_tensor(fake, dtype=torch.float32)
+
+    def radii(x):  # each sample's distance to its k-th nearest neighbour in x, itself excluded
+        return torch.cat([torch.cdist(x[i:i + chunk], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), chunk)])
+
+    def inside(x, y, r):  # the share of x within r of some sample of y
+        return torch.cat([(torch.cdist(x[i:i + chunk], y) <= r).any(1) for i in range(0, len(x), chunk)]).float().mean().item()
+
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))

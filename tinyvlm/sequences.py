@@ -5,10 +5,16 @@ Each image becomes one sequence of one of the TASKS, a table of templates:
 
     generation      number:7, image:ÀÁÆ...Ŀ.###        class:Ankle boot, image:ÀÁÆ...Ŀ.###
     classification  image:ÀÁÆ...Ŀ, number:7.###        image:ÀÁÆ...Ŀ, class:Ankle boot.###
+    addition        image:ÀÁÆ...Ŀ plus image:ÈÒÆ...Ŀ, sum:12.
+    next            image:ÀÁÆ...Ŀ, next:8, image:ÈÒÆ...Ŀ.
 
-MNIST keeps the published key 'number'; other data sets say 'class' and the class name. Sequences are
-padded with PAD to block_size tokens. Adding a task is adding a line to TASKS (and a number to
-prepare.py's shares).
+A template's fields are {label} (the class of its image, one token), {image} (its codes), and in a
+task of two images (early fusion: any interleaving of text and images is one sequence, as in
+Chameleon, Chameleon Team 2024) {image2} and {label2}, the second image's codes and class, and {sum},
+the sum of the two classes (the MNIST addition of Manhaeve et al. 2018, DeepProbLog; one token).
+second_images says which image is the second. MNIST keeps the published key 'number'; other data sets say 'class' and the
+class name. Sequences are padded with PAD to block_size tokens. Adding a task is adding a line to
+TASKS (and a number to prepare.py's shares).
 """
 import re
 import unicodedata
@@ -23,7 +29,10 @@ END = '.'
 TASKS = {  # name: template
     'generation': '{key}:{label}, image:{image}' + END,
     'classification': 'image:{image}, {key}:{label}' + END,
+    'addition': 'image:{image} plus image:{image2}, sum:{sum}' + END,
+    'next': 'image:{image}, next:{label2}, image:{image2}' + END,  # name the class after the image's, then draw one
 }
+SINGLE = ('generation', 'classification')  # the tasks of one image: a data set's default
 CODE_RANGES = ((0xC0, 0x530), (0x1E00, 0x2000), (0x4E00, 0xA000))  # Latin, Greek, Cyrillic letters; then CJK
 
 
@@ -58,13 +67,13 @@ def check_class_name(name, where):
 
 
 class Codec:
-    """The sequence format: image code <-> character, class name <-> label, the TASKS, padding, and
+    """The sequence format: image code <-> character, class name <-> label, the tasks, padding, and
     text <-> token ids. The text between a template's fields ('number:', ', image:', '.') is one token
-    per piece, as a class name is one token however long: both are fixed, so spelling them out would
-    only lengthen every sequence (a fifth of its positions) without telling the model anything. An
-    image code is a token with a character of its own, disjoint from the text, so that the .txt files
-    read as the sequences the model sees. block_size 0: the longest sequence rounded up to a multiple
-    of 8."""
+    per piece, as a class name or a sum is one token however long: both are fixed, so spelling them
+    out would only lengthen every sequence (a fifth of its positions) without telling the model
+    anything. An image code is a token with a character of its own, disjoint from the text, so that the
+    .txt files read as the sequences the model sees. tasks: names in TASKS (default SINGLE), or the
+    templates themselves (meta.json's). block_size 0: the longest sequence rounded up to a multiple of 8."""
 
     def __init__(self, classes, key, codebook_size, tokens_per_image, block_size=0, vocab=None, tasks=None, grid=0,
                  lead=0):
@@ -73,28 +82,43 @@ class Codec:
         self.grid = grid  # codes per side of a spatial grid in raster order (conv tokenizer); 0: tokens in no place
         self.lead = lead  # codes of the whole image before the grid's (the ink tokenizer's paper and ink colours and the drawing's place)
         self.rows = grid or tokens_per_image  # what completion keeps the first of: grid rows, else single tokens
-        self.tasks = tasks or {name: t.replace('{key}', key) for name, t in TASKS.items()}
+        if not isinstance(tasks, dict):
+            tasks = {name: TASKS[name].replace('{key}', key) for name in (tasks or SINGLE)}
+        self.tasks = tasks
+        self.sums = []  # the values a {sum} can take, in the order reading scores them
+        if any('{sum}' in t for t in tasks.values()):
+            if not all(re.fullmatch(r'[0-9]{1,6}', c) for c in self.classes):
+                shown = next(c for c in self.classes if not re.fullmatch(r'[0-9]{1,6}', c))
+                raise Error(f"the addition task adds class names that are numbers (MNIST's digits), not {shown!r}")
+            self.sums = sorted({int(a) + int(b) for a in self.classes for b in self.classes})
         if vocab is None:
             pieces = set(p for t in self.tasks.values() for p in re.split(r'\{\w+\}', t) if p) | {PAD}
             clash = sorted(pieces & set(classes))
             if clash:
                 raise Error(f"class name {clash[0]!r} is also a piece of the sequence format; rename it")
-            text = sorted(pieces | set(classes))
+            text = sorted(pieces | set(classes) | {str(s) for s in self.sums})
             vocab = text + list(code_alphabet(codebook_size, exclude=''.join(text)))
         self.itos = list(vocab)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.code_offset = len(self.itos) - codebook_size  # token id of code i is code_offset + i
         self.code_chars = ''.join(self.itos[self.code_offset:])
         self.label_ids = [self.stoi[c] for c in self.classes]  # what reading chooses from
-        longest = max(len(self.tokens(t, k, [0] * tokens_per_image)) for t in self.tasks for k in range(len(classes)))
+        self.sum_ids = [self.stoi[str(s)] for s in self.sums]  # ... and reading a sum
+        blank = [0] * tokens_per_image
+        longest = max(len(self.tokens(t, k, blank, label2=0, codes2=blank)) for t in self.tasks
+                      for k in range(len(classes)))
         self.block_size = block_size or -(-longest // 8) * 8
         if longest > self.block_size:
             raise Error(f"block_size {block_size} is too short: a sequence with {tokens_per_image} image tokens takes "
                         f"{longest}")
-        self._patterns = {t: re.compile(re.escape(s).replace(r'\{label\}', '(?P<label>' + '|'.join(
-            re.escape(c) for c in sorted(self.classes, key=len, reverse=True)) + ')').replace(
-            r'\{image\}', f'(?P<image>[{re.escape(self.code_chars)}]{{{tokens_per_image}}})'))
-            for t, s in self.tasks.items()}
+        one_of = lambda names: '|'.join(re.escape(c) for c in sorted(names, key=len, reverse=True))
+        image = f'[{re.escape(self.code_chars)}]{{{tokens_per_image}}}'
+        self._patterns = {t: re.compile(re.escape(s).replace(r'\{label\}', f'(?P<label>{one_of(self.classes)})')
+                                        .replace(r'\{label2\}', f'(?P<label2>{one_of(self.classes)})')
+                                        .replace(r'\{sum\}', f'(?P<sum>{one_of(map(str, self.sums))})')
+                                        .replace(r'\{image\}', f'(?P<image>{image})')
+                                        .replace(r'\{image2\}', f'(?P<image2>{image})'))
+                          for t, s in self.tasks.items()}
 
     @classmethod
     def from_meta(cls, meta):
@@ -138,52 +162,78 @@ class Codec:
             parts = list(parts[0])
         return [self.label(p) for p in parts]
 
+    def sum_of(self, label, label2):
+        """The sum of two classes as an index into self.sums."""
+        return self.sums.index(int(self.classes[label]) + int(self.classes[label2]))
+
     # the tasks
-    def text(self, task, label=None, codes=None, upto=None):
-        """A task's sequence for a class and an image as text, without padding; with upto ('label' or
-        'image'), only what comes before that field."""
-        head = self.tasks[task].split('{' + upto + '}')[0] if upto else self.tasks[task]
-        return head.format(label=self.classes[label] if label is not None else '',
-                           image=self.image_text(codes) if codes is not None else '')
+    def _values(self, label, codes, label2, codes2):
+        """Each field's text and token ids, of the fields whose values are given."""
+        fields = {}
+        if label is not None:
+            fields['label'] = (self.classes[label], [self.label_ids[label]])
+        if label2 is not None:
+            fields['label2'] = (self.classes[label2], [self.label_ids[label2]])
+        if codes is not None:
+            fields['image'] = (self.image_text(codes), [self.code_offset + int(c) for c in codes])
+        if codes2 is not None:
+            fields['image2'] = (self.image_text(codes2), [self.code_offset + int(c) for c in codes2])
+        if label is not None and label2 is not None and self.sums:
+            s = self.sum_of(label, label2)
+            fields['sum'] = (str(self.sums[s]), [self.sum_ids[s]])
+        return fields
 
-    def tokens(self, task, label=None, codes=None, upto=None):
+    def _parts(self, task, upto):
+        """A task's template split into text pieces and '{field}'s, up to (not including) field upto."""
+        parts = [p for p in re.split(r'(\{\w+\})', self.tasks[task]) if p]
+        return parts[:parts.index('{' + upto + '}')] if upto else parts
+
+    def text(self, task, label=None, codes=None, upto=None, label2=None, codes2=None):
+        """A task's sequence for a class and an image (and a second, for a task of two) as text, without
+        padding; with upto (a field: 'label', 'image', 'image2', 'sum'), only what comes before it."""
+        values = self._values(label, codes, label2, codes2)
+        return ''.join(values.get(p[1:-1], ('',))[0] if p.startswith('{') else p for p in self._parts(task, upto))
+
+    def tokens(self, task, label=None, codes=None, upto=None, label2=None, codes2=None):
         """The same as token ids: each piece of template text one token, the class name one, each code one."""
-        ids = []
-        for part in re.split(r'(\{\w+\})', self.tasks[task]):
-            if part == '{' + str(upto) + '}':
-                break
-            if part == '{label}':
-                ids.append(self.label_ids[label])
-            elif part == '{image}':
-                ids.extend(self.code_offset + int(c) for c in codes)
-            elif part:
-                ids.append(self.stoi[part])
-        return ids
+        values = self._values(label, codes, label2, codes2)
+        return [i for p in self._parts(task, upto) for i in (values[p[1:-1]][1] if p.startswith('{') else [self.stoi[p]])]
 
-    def line(self, task, label, codes):
+    def line(self, task, label, codes, label2=None, codes2=None):
         """One sequence padded to block_size: (its text, its token ids)."""
-        ids = self.tokens(task, label, codes)
+        ids = self.tokens(task, label, codes, label2=label2, codes2=codes2)
         pad = self.block_size - len(ids)
-        return self.text(task, label, codes) + PAD * pad, ids + [self.stoi[PAD]] * pad
+        return self.text(task, label, codes, label2=label2, codes2=codes2) + PAD * pad, ids + [self.stoi[PAD]] * pad
 
-    def prompts(self, task, field, labels=None, codes=None, device='cpu'):
-        """Token ids (N, T) of a task's beginning before field, one row per label or per image's codes."""
+    def prompts(self, task, field, labels=None, codes=None, device='cpu', labels2=None, codes2=None):
+        """Token ids (N, T) of a task's beginning before field, one row per label or per image's codes
+        (and second image's, labels2 and codes2)."""
         n = len(labels) if labels is not None else len(codes)
-        rows = [self.tokens(task, None if labels is None else labels[i], None if codes is None else codes[i], field)
+        pick = lambda xs, i: None if xs is None else xs[i]
+        rows = [self.tokens(task, pick(labels, i), pick(codes, i), field, pick(labels2, i), pick(codes2, i))
                 for i in range(n)]
         return torch.tensor(rows, dtype=torch.long, device=device)
 
-    def label_position(self, task):
-        """The position of the class name's token in a task's sequence."""
-        return len(self.tokens(task, 0, [0] * self.tokens_per_image, 'label'))
+    def answer_position(self, task):
+        """The position of the token that answers a task: its class name, its sum, or the class it names
+        before drawing ('next'); None for a task without one."""
+        template = self.tasks[task]
+        field = next((f for f in ('label', 'sum', 'label2') if '{' + f + '}' in template), None)
+        blank = [0] * self.tokens_per_image
+        return None if field is None else len(self.tokens(task, 0, blank, field, 0, blank))
 
     def parse(self, s):
-        """A sequence's text (padding and all) -> (task, label, codes) if it follows a task, else None."""
+        """A sequence's text (padding and all) -> its task and fields {'task', 'label', 'image', ...}
+        (labels and sums as indices, images as codes) if it follows a task, else None."""
         s = s.split(PAD)[0]
         for task, pattern in self._patterns.items():
             m = pattern.fullmatch(s)
             if m:
-                return task, self.classes.index(m['label']), self.image_codes(m['image'])
+                out = dict(task=task)
+                for field, value in m.groupdict().items():
+                    out[field] = (self.classes.index(value) if field in ('label', 'label2') else self.sums.index(int(value))
+                                  if field == 'sum' else self.image_codes(value))
+                return out
         return None
 
     def decode(self, ids):
@@ -194,6 +244,28 @@ class Codec:
         m = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
         m[self.code_offset:] = True
         return m
+
+
+def second_images(task_names, tasks, labels, num_classes, rng):
+    """Each sequence's second image, an index into the same rows (-1 where its task has one image): for
+    'next', an image of the class after its first's (the last class's next is the first); for other
+    tasks of two images, any image. tasks: indices into task_names."""
+    partner = np.full(len(tasks), -1, dtype=np.int64)
+    by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    for t, name in enumerate(task_names):
+        rows = np.flatnonzero(tasks == t)
+        if '{image2}' not in TASKS[name] or not len(rows):
+            continue
+        if name != 'next':
+            partner[rows] = rng.integers(len(tasks), size=len(rows))
+            continue
+        want = (labels[rows] + 1) % num_classes
+        for c in np.unique(want):
+            if not len(by_class[c]):
+                raise Error(f"the 'next' task needs images of every class in each split: there are none of class {c}")
+            r = rows[want == c]
+            partner[r] = by_class[c][rng.integers(len(by_class[c]), size=len(r))]
+    return partner
 
 
 def training_pairs(seqs, pad_id):
@@ -207,11 +279,15 @@ def training_pairs(seqs, pad_id):
     return seqs[:, :width], targets[:, :width]
 
 
-def label_targets(codec, tasks, width):
-    """Bool (N, width): which target of each sequence (training_pairs' targets) is its class name."""
+def answer_targets(codec, tasks, width):
+    """Bool (N, width): which target of each sequence (training_pairs' targets) is its answer: a class
+    name, or a sum."""
     mask = torch.zeros(len(tasks), width, dtype=torch.bool)
     for t, name in enumerate(codec.tasks):
-        pos = codec.label_position(name) - 1  # target j is token j + 1
+        pos = codec.answer_position(name)
+        if pos is None:
+            continue
+        pos -= 1  # target j is token j + 1
         if pos < width:
             mask[tasks == t, pos] = True
     return mask

@@ -51,8 +51,8 @@ n_head = 4
 n_embd = 128
 dropout = 0.0                  # train and val loss stay together: nothing to regularise
 bias = False
-label_weight = 10.0            # loss weight of the answers' tokens (a class name, a sum): a label is 1 of ~52 targets of a sequence, so
-                               # with 1 (plain next-token loss) reading gets little of the gradient
+label_weight = 10.0            # loss weight of an answer's token (a class name, a sum): a label is 1 of ~52 targets
+                               # of a sequence, so with 1 (plain next-token loss) reading gets little of the gradient
 embed_codes = True             # image-code embeddings share structure through the codes' features (GPT.embeddings)
 # optimizer: AdamW, and Muon for the blocks' matrices
 muon = True                    # gpt.Muon: the same loss in fewer iterations than AdamW alone

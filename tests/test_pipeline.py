@@ -128,30 +128,30 @@ def test_train_and_sample(work):
 def test_tasks_of_two_images(work):
     """MNIST addition and next written, trained and scored end to end: with the single-image tasks, and
     the benchmark's setting of sums alone (no label ever shown), where training and evaluation read sums."""
-    run_script('prepare.py', '--augment=0', '--shares=1,1,1,1', '--data_dir=data/mixed', cwd=work)
-    meta = json.loads((work / 'data/mixed/meta.json').read_text(encoding='utf-8'))
+    run_script('prepare.py', '--augment=0', '--shares=1,1,1,1', '--data_dir=data/two', cwd=work)
+    meta = json.loads((work / 'data/two/meta.json').read_text(encoding='utf-8'))
     assert list(meta['tasks']) == ['generation', 'classification', 'addition', 'next'] and meta['block_size'] == 104
     code = code_class(meta)
-    lines = (work / 'data/mixed/test.txt').read_text(encoding='utf-8').splitlines()
+    lines = (work / 'data/two/test.txt').read_text(encoding='utf-8').splitlines()
     adds = [re.fullmatch(rf'image:{code}{{49}} plus image:{code}{{49}}, sum:(\d+)\.#*', s) for s in lines]
     assert 0.2 < sum(m is not None for m in adds) / len(lines) < 0.3 and {int(m[1]) for m in adds if m} == set(range(19))
     nexts = [re.fullmatch(rf'image:{code}{{49}}, next:(\d), image:{code}{{49}}\.#*', s) for s in lines]
     assert 0.2 < sum(m is not None for m in nexts) / len(lines) < 0.3
-    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--data_dir=data/mixed', '--out_dir=out/mixed',
+    run_script('train.py', *TINY, '--max_iters=10', '--eval_interval=10', '--data_dir=data/two', '--out_dir=out/two',
                cwd=work)
-    p = run_script('sample.py', '--out_dir=out/mixed', '--num_samples=1', '--fidelity_samples=5', '--sweep=', cwd=work)
-    report = json.loads((work / 'out/mixed/eval.json').read_text())
+    p = run_script('sample.py', '--out_dir=out/two', '--num_samples=1', '--fidelity_samples=5', '--sweep=', cwd=work)
+    report = json.loads((work / 'out/two/eval.json').read_text())
     r, q = report['checkpoints'][-1], report['quality']
     assert report['tasks'] == ['addition', 'classification', 'generation', 'next']
     assert r['sum_pairs'] == 10000 and 0 <= r['sum_accuracy'] <= 1 and 0 <= r['classification_accuracy'] <= 1
     assert q['next_images'] == 10000 and 0 <= q['next_fidelity'] <= 1 and 0 <= q['next_named'] <= 1
     assert q['generated'] == 50 and 'sums of 10000 test pairs' in p.stdout and 'the class named is the next' in p.stdout
-    p = run_script('sample.py', '--out_dir=out/mixed', '--mode=add', '--image=0-3', cwd=work)
+    p = run_script('sample.py', '--out_dir=out/two', '--mode=add', '--image=0-3', cwd=work)
     assert len(re.findall(r'test\[\d\] \+ test\[\d\]: \d+ \(true \d \+ \d = \d+\)  p: ', p.stdout)) == 2
-    p = run_script('sample.py', '--out_dir=out/mixed', '--mode=next', '--image=0,1', '--num_samples=2', cwd=work)
-    assert re.search(r'test\[1\]: next:\d', p.stdout) and (work / 'out/mixed/next.png').is_file()
+    p = run_script('sample.py', '--out_dir=out/two', '--mode=next', '--image=0,1', '--num_samples=2', cwd=work)
+    assert re.search(r'test\[1\]: next:\d', p.stdout) and (work / 'out/two/next.png').is_file()
     assert 'in pairs: give an even number of them, not 3' in error_line(
-        run_script('sample.py', '--out_dir=out/mixed', '--mode=add', '--image=0-2', cwd=work, check=False))
+        run_script('sample.py', '--out_dir=out/two', '--mode=add', '--image=0-2', cwd=work, check=False))
 
     run_script('prepare.py', '--augment=0', '--shares=0,0,1', '--data_dir=data/sums', cwd=work)
     assert all(' plus image:' in s for s in (work / 'data/sums/val.txt').read_text(encoding='utf-8').splitlines())

@@ -82,7 +82,8 @@ def plot_accuracy(results, path, title):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     it = [r['iter'] for r in results]
-    key, what = ('classification', 'image -> class') if 'classification_accuracy' in results[-1] else ('sum', 'two images -> sum')
+    read_classes = 'classification_accuracy' in results[-1]
+    key, what = ('classification', 'image -> class') if read_classes else ('sum', 'two images -> sum')
     ax.errorbar(it, [r[f'{key}_accuracy'] for r in results], yerr=[r[f'{key}_stderr'] for r in results], marker='o',
                 capsize=3)
     ax.set_xlabel('iteration')

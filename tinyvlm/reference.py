@@ -136,6 +136,7 @@ def precision_recall(real, fake, k=3, chunk=1000):
         return torch.cat([torch.cdist(x[i:i + chunk], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), chunk)])
 
     def inside(x, y, r):  # the share of x within r of some sample of y
-        return torch.cat([(torch.cdist(x[i:i + chunk], y) <= r).any(1) for i in range(0, len(x), chunk)]).float().mean().item()
+        near = [(torch.cdist(x[i:i + chunk], y) <= r).any(1) for i in range(0, len(x), chunk)]
+        return torch.cat(near).float().mean().item()
 
     return inside(fake, real, radii(real)), inside(real, fake, radii(fake))

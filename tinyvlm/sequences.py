@@ -231,8 +231,8 @@ class Codec:
             if m:
                 out = dict(task=task)
                 for field, value in m.groupdict().items():
-                    out[field] = (self.classes.index(value) if field in ('label', 'label2') else self.sums.index(int(value))
-                                  if field == 'sum' else self.image_codes(value))
+                    out[field] = (self.classes.index(value) if field in ('label', 'label2') else
+                                  self.sums.index(int(value)) if field == 'sum' else self.image_codes(value))
                 return out
         return None
 

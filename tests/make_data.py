@@ -56,7 +56,7 @@ def tiny_prepared(d, codec=None, sizes=(('train', 200), ('val', 50))):
     write_json(str(d / 'meta.json'), dict(format=FORMAT, dataset={}, classes=codec.classes, key=codec.key, tasks=codec.tasks,
                                           vocab=codec.itos, block_size=codec.block_size, grid=0, lead=0, tokens_per_image=8,
                                           codebook_size=26, tokenizer='none', tokenizer_sha256='', dtype='uint16',
-                                          moves=dict(flip=False), files=files))
+                                          moves=dict(flip=False), shares={t: 1.0 for t in codec.tasks}, files=files))
     return d
 
 

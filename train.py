@@ -29,9 +29,9 @@ from tinyvlm import Error
 from tinyvlm.checkpoints import load_checkpoint, save_checkpoint
 from tinyvlm.configurator import configure
 from tinyvlm.gpt import GPT, GPTConfig
+from tinyvlm.inference import reading_probe
 from tinyvlm.plumbing import autocast, lock_folder, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import check_data, data_signature, load_array, load_meta, load_split
-from tinyvlm.inference import reading_probe
 from tinyvlm.sequences import PAD, Codec, answer_targets, training_pairs
 
 start_script()  # errors the user can fix end in one line
@@ -140,7 +140,8 @@ def get_batch(split, it, micro_step=0):
     (seed, it) alone, and each process and micro-step takes its own slice of them, so that any number
     of processes (and nodes) trains on the same batches as one, and a resumed run on the same as one
     that never stopped."""
-    batch_gen.manual_seed(hash((seed, 0, split == 'val', it)) % 2 ** 62)  # ints only: same in every process
+    # ints only: the same in every process (the 0 stands where the rank was: one process draws as it always did)
+    batch_gen.manual_seed(hash((seed, 0, split == 'val', it)) % 2 ** 62)
     ix = torch.randint(len(data[split][0]), (batch_size,), generator=batch_gen, device=device)
     if micro_step is not None:
         k = micro_step * world_size + rank

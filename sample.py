@@ -9,6 +9,8 @@ Use and evaluate a trained model. Modes:
     python sample.py --mode=complete --image=0-4 --keep=3   # the first 3 rows of codes kept, the rest drawn
     python sample.py --mode=add --image=0-9           # a run that learnt MNIST addition: the sums of pairs 0+1, 2+3, ...
     python sample.py --mode=next --image=0-4          # a run that learnt next: digits of the next class drawn after each
+    python sample.py --mode=generate --prompt="a thick slanted 7"   # a run that learnt captions: caption -> images
+    python sample.py --mode=caption --image=0-9       # ... image -> caption
     python sample.py --mode=serve                     # the web page, http://localhost:8000/
 
 The data set, its class names and the prepared data come with the checkpoint (its data_dir and that
@@ -21,7 +23,9 @@ of generated images as a reference classifier sees them, and all figures in out_
 drawings are made at the temperature it chooses on the validation split (sweep; sweep.png), which the
 other modes then take too. A run that learnt tasks of two images (prepare.py's shares) is scored on
 those too: the sums of as many test pairs as test images, and what it draws after each test image for
-'next'.
+'next'; and on the caption tasks: images drawn from the captions of caption_images test images (their
+class and, for MNIST's and Fashion-MNIST's captions, each style word measured on them), and the captions
+written of those images.
 """
 import json
 import os
@@ -33,12 +37,13 @@ import torch
 from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model, run_checkpoints, trained_data_dir
 from tinyvlm.configurator import configure
-from tinyvlm.evaluation import addition_scores, knee, next_scores, quality, reading_scores, temperature_sweep, validity
+from tinyvlm.evaluation import addition_scores, caption_scores, knee, next_scores, quality, reading_scores, temperature_sweep, validity
 from tinyvlm.images import read_image_file, save_image_grid, save_png
-from tinyvlm.inference import answer_next, complete_images, generate_images, kept_rows, kept_view, mirrored, read_labels
+from tinyvlm.inference import (answer_next, complete_images, draw_captions, generate_images, kept_rows, kept_view,
+                               mirrored, read_labels, read_sums, write_captions)
 from tinyvlm.plots import plot_accuracy, plot_sweep
 from tinyvlm.plumbing import Progress, pick_device, pick_dtype, safe_name, start_script, write_json, write_npy
-from tinyvlm.prepared import load_images, load_meta, load_split
+from tinyvlm.prepared import load_captions, load_images, load_meta, load_split
 from tinyvlm.reference import reference_classifier
 from tinyvlm.sequences import Codec
 from tinyvlm.server import Page, serve
@@ -47,9 +52,10 @@ start_script()  # errors the user can fix end in one line
 # -----------------------------------------------------------------------------
 out_dir = 'out/vlm'         # the training run: its checkpoints, and where results are written
 data_dir = ''               # the prepared data; '' = the data_dir the checkpoint was trained on
-mode = 'eval'               # 'eval', 'generate', 'classify', 'complete', 'add', 'next' or 'serve' (a web page)
+mode = 'eval'               # 'eval', 'generate', 'classify', 'complete', 'add', 'next', 'caption' or 'serve' (a web page)
 ckpt = ''                   # a checkpoint file in out_dir; '' = every ckpt_{iter}.pt for eval, ckpt.pt otherwise
 labels = ''                 # generate: class names or numbers, comma-separated ('' = every class; MNIST: also '0123')
+prompt = ''                 # generate: a caption to draw instead ('a thick slanted 7'), for a run that learnt captions
 num_samples = 10            # generate and eval grids: images per class
 temperature = -1.0          # 1.0 samples the model's distribution; 0 takes the most likely code; -1 = eval chooses
                             # from sweep, and the other modes take its choice (out_dir/eval.json; 0.9 before any eval)
@@ -60,7 +66,7 @@ guidance = 1.5              # classifier-free guidance scale, against 'image:' w
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
 view_threshold = 0.95       # again moved one pixel each way (and mirrored where prepare.py's flip), views readings
                             # in all (1 = no second look)
-image = ''                  # classify, complete, add, next: test indices ('7', '0,5,9', '0-99') or an image file (PNG,
+image = ''                  # classify, complete, add, next, caption: test indices ('7', '0,5,9', '0-99') or an image file (PNG,
                             # JPEG, ...); add reads them in pairs
 keep = 3                    # complete: rows of codes kept from each image (a 1D tokenizer's row is one token)
 save_npy = ''               # generate: also write the images (N, C, S, S) in [0, 1] here, labels beside
@@ -68,6 +74,7 @@ png_dir = ''                # generate: also write each image as its own PNG fil
 png_size = 0                # ... this many pixels square (0 = the data set's image size)
 batch_size = 250            # images per forward pass (a CPU reads small batches faster: they stay in cache)
 reference = ''              # eval: the reference classifier; '' = out/reference_NAME.pt, trained there on first use
+caption_images = 2000       # eval: test images whose captions are drawn and written (caption tasks)
 fidelity_samples = 0        # eval: images generated per class for fidelity and Frechet distance; 0 = as many as the
                             # test split holds of it (a Frechet distance is biased by the sizes of its two sets)
 host = '127.0.0.1'          # serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
@@ -122,21 +129,30 @@ def show_probs(p, classes):
     return ' '.join(f"{classes[k]}:{p[k]:.3f}" for k in order)
 
 
-def generate(model, ck, codec, tok, ys, num_samples, sampling, generator, out_dir, png_dir, png_size, save_npy):
-    """ys: the classes to draw, num_samples images each -> a grid, printed token strings, and optionally
-    PNG files (png_size pixels square, 0: as drawn) and a .npy file."""
-    ys = [y for y in ys for _ in range(num_samples)]
-    images, codes = generate_images(model, codec, tok, ys, generator, **sampling)
+def generate(model, ck, codec, tok, ys, prompt, num_samples, sampling, generator, out_dir, png_dir, png_size,
+             save_npy):
+    """ys: the classes to draw (or prompt, a caption), num_samples images each -> a grid, printed token
+    strings, and optionally PNG files (png_size pixels square, 0: as drawn) and a .npy file."""
+    if prompt:
+        if 'illustration' not in codec.tasks:
+            raise Error("--prompt: this run was not trained on captions (prepare.py's shares give illustration none)")
+        ys, names = [None] * num_samples, [prompt.strip()]
+        images, codes = draw_captions(model, codec, tok, [prompt] * num_samples, generator, **sampling)
+        texts = [codec.text('illustration', codes=c.tolist(), caption=prompt) for c in codes]
+    else:
+        ys = [y for y in ys for _ in range(num_samples)]
+        names = [codec.classes[y] for y in ys[::num_samples]]
+        images, codes = generate_images(model, codec, tok, ys, generator, **sampling)
+        texts = [codec.text('generation', y, c.tolist()) for y, c in zip(ys, codes)]
     grid = os.path.join(out_dir, 'generate.png')
-    save_image_grid(images, grid, num_samples, row_labels=[codec.classes[y] for y in ys[::num_samples]])
-    print(f"{len(images)} images of {', '.join(dict.fromkeys(codec.classes[y] for y in ys))} (iteration "
-          f"{ck['iter_num']}): {grid}")
-    for y, c in list(zip(ys, codes))[:num_samples * 2]:
-        print(codec.text('generation', y, c.tolist()))
+    save_image_grid(images, grid, num_samples, row_labels=names)
+    print(f"{len(images)} images of {', '.join(map(repr, dict.fromkeys(names)))} (iteration {ck['iter_num']}): {grid}")
+    for t in texts[:num_samples * 2]:
+        print(t)
     if png_dir:
-        for i, (y, im) in enumerate(zip(ys, images.numpy())):
-            save_png(im, os.path.join(png_dir, f"{safe_name(codec.classes[y])}_{i % num_samples:04d}.png"),
-                     png_size or None)
+        for i, im in enumerate(images.numpy()):
+            name = names[i // num_samples]
+            save_png(im, os.path.join(png_dir, f"{safe_name(name)}_{i % num_samples:04d}.png"), png_size or None)
         print(f"saved {len(images)} PNG files of {png_size or images.size(-1)} pixels square in {png_dir}")
     if save_npy:
         write_npy(save_npy, images.numpy().astype(np.float32))
@@ -174,22 +190,30 @@ def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampl
               + f": the model names its completions {', '.join(said)}")
 
 
-def add(model, codec, tok, x, truth, names, batch_size):
+def add(model, codec, tok, task, x, truth, names, batch_size):
     """Print the sum the model reads of each pair of images (the first and second, the third and
-    fourth, ...), and the most likely sums."""
+    fourth, ...) in an addition task, the digits it names first where it shows its work, and the most
+    likely sums."""
     if len(x) % 2:
         raise Error(f"add reads images in pairs: give an even number of them, not {len(x)}")
-    device = next(model.parameters()).device
-    codes = tok.encode(x.to(device))
-    probs = model.next_token_probs(codec.prompts('addition', 'sum', codes=codes[0::2], codes2=codes[1::2], device=device),
-                                   codec.sum_ids, batch_size).cpu()
-    for i, p in enumerate(probs):
+    codes = tok.encode(x.to(next(model.parameters()).device))
+    probs, digits = read_sums(model, codec, task, codes[0::2], codes[1::2], batch_size)
+    for i, p in enumerate(probs.cpu()):
         a, b = truth[2 * i], truth[2 * i + 1]
         top = torch.argsort(p, descending=True)[:3].tolist()
-        print(f"{names[2 * i]} + {names[2 * i + 1]}: {codec.sums[top[0]]}" + (
+        work = '' if digits is None else f"{codec.classes[digits[i, 0]]} + {codec.classes[digits[i, 1]]} = "
+        print(f"{names[2 * i]} + {names[2 * i + 1]}: {work}{codec.sums[top[0]]}" + (
             '' if a is None or b is None else f" (true {codec.classes[a]} + {codec.classes[b]} = "
                                               f"{codec.sums[codec.sum_of(a, b)]})")
               + "  p: " + ' '.join(f"{codec.sums[k]}:{p[k]:.3f}" for k in top))
+
+
+def caption(model, codec, tok, x, names, captions):
+    """Print the caption the model writes of each image (its most likely), and the true one where
+    known."""
+    written = write_captions(model, codec, tok.encode(x.to(next(model.parameters()).device)))
+    for name, w, c in zip(names, written, captions):
+        print(f"{name}: {w}" + ('' if c is None else f"  (its caption: {c})"))
 
 
 def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out_dir):
@@ -207,7 +231,7 @@ def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             reference, fidelity_samples, temperatures, sweep_images):
+             reference, fidelity_samples, temperatures, sweep_images, caption_images):
     """Each task the run learnt, scored on the test split: the temperature chosen on the validation
     split (if temperatures are given: evaluation.knee), then every checkpoint of the run read (the
     class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
@@ -252,9 +276,13 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
             said.append(f"test accuracy {r['classification_accuracy']:.4f} \u00b1 {r['classification_stderr']:.4f}; "
                         "most confused (true->predicted): "
                         + ', '.join(f"{p['true']}->{p['predicted']} {p['count']}" for p in r['confusion_pairs'][:3]))
-        if 'addition' in learnt:
-            r.update(addition_scores(model, codec, test_codes, test_labels, seed + 3, reading['batch_size']))
-            said.append(f"sums of {r['sum_pairs']} test pairs {r['sum_accuracy']:.4f} \u00b1 {r['sum_stderr']:.4f}")
+        for task in sorted(learnt & {'addition', 'worked_addition'}):
+            s = addition_scores(model, codec, task, test_codes, test_labels, seed + 3, reading['batch_size'])
+            r.update(s)
+            key = 'sum' if task == 'addition' else 'worked_sum'
+            said.append(f"{'sums' if task == 'addition' else 'worked sums'} of {s[key + '_pairs']} test pairs "
+                        f"{s[key + '_accuracy']:.4f} \u00b1 {s[key + '_stderr']:.4f}"
+                        + (f" (both digits named right {s['worked_digits']:.4f})" if 'worked_digits' in s else ''))
         if 'generation' in learnt:
             images, codes = generate_images(model, codec, tok, grid_labels, torch.Generator(device).manual_seed(seed),
                                             **sampling)
@@ -286,6 +314,22 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
         q.update(next_scores(model, codec, tok, cnn, test_codes, test_labels, sampling, seed + 4))
         print(f"next: after {q['next_images']} test images, the class named is the next {q['next_named']:.4f}, the "
               f"image drawn read as it {q['next_fidelity']:.4f} \u00b1 {q['next_stderr']:.4f} (reference classifier)")
+    if learnt & {'illustration', 'captioning'}:
+        n = min(caption_images, len(test_codes))
+        q.update(caption_scores(model, codec, tok, cnn, learnt, load_captions(data_dir, 'test', meta)[:n],
+                                test_images[:n], test_labels[:n], test_codes[:n], meta['captions'], sampling,
+                                seed + 5))
+        if 'illustration' in learnt:
+            print(f"captions -> images: {n} test captions drawn, read as the class captioned {q['caption_fidelity']:.4f} "
+                  f"\u00b1 {q['caption_fidelity_stderr']:.4f}" + ('; style words obeyed (strictly; the reconstructions): '
+                  + ', '.join(f"{w} {r['obeyed']:.3f} ({r['strict']:.3f}; {q['style_obeyed_reconstructions'][w]['obeyed']:.3f})"
+                              for w, r in q['style_obeyed'].items()) if 'style_obeyed' in q else ''))
+        if 'captioning' in learnt:
+            print(f"images -> captions: {n} test images, caption exactly right {q['caption_exact']:.4f}"
+                  + (f", class {q['caption_class']:.4f}, words (the reconstructions') " + ', '.join(
+                      f"{k} {v:.3f} ({q['caption_words_reconstructions'][k]:.3f})" for k, v in q['caption_words'].items())
+                     if 'caption_words' in q else '') + "; e.g. " + '; '.join(f"{e['written']!r} ({e['true']!r})"
+                                                                              for e in q['caption_examples'][:3]))
     write_json(os.path.join(out_dir, 'eval.json'), dict(
         out_dir=out_dir, data_dir=data_dir, dataset=info['title'], classes=classes, tokenizer=meta['tokenizer'],
         tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size, tasks=sorted(learnt), quality=q,
@@ -325,22 +369,34 @@ sampling = dict(temperature=UNSWEPT if auto and mode == 'eval' else temperature,
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':
     evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, reference,
-             fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [], sweep_images)
+             fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [], sweep_images,
+             caption_images)
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)
     if mode == 'generate':
-        generate(model, ck, codec, tok, codec.labels(labels), num_samples, sampling, generator, out_dir, png_dir, png_size,
-                 save_npy)
+        generate(model, ck, codec, tok, codec.labels(labels), prompt, num_samples, sampling, generator, out_dir, png_dir,
+                 png_size, save_npy)
     elif mode == 'classify':
         classify(model, codec, tok, *inputs(image, mode, meta, data_dir, out_dir), reading)
+    elif mode == 'caption':
+        if 'captioning' not in codec.tasks:
+            raise Error(f"--mode=caption: {out_dir} was not trained on captioning (prepare.py's shares give it none)")
+        x, truth, names = inputs(image, mode, meta, data_dir, out_dir)
+        if truth[0] is None:  # image files: no caption to compare with
+            caption(model, codec, tok, x, names, [None] * len(x))
+        else:
+            known = load_captions(data_dir, 'test', meta)
+            caption(model, codec, tok, x, names, [known[i] for i in parse_indices(image, len(known))])
     elif mode in ('add', 'next'):
-        task = 'addition' if mode == 'add' else 'next'
-        if not meta['shares'].get(task):
-            raise Error(f"--mode={mode}: {out_dir} was not trained on the {task} task (prepare.py's shares give it none)")
+        tasks = ['addition', 'worked_addition'] if mode == 'add' else ['next']
+        task = next((t for t in tasks if meta['shares'].get(t)), None)
+        if task is None:
+            raise Error(f"--mode={mode}: {out_dir} was not trained on {' or '.join(tasks)} (prepare.py's shares give "
+                        f"{'them' if len(tasks) > 1 else 'it'} none)")
         x, truth, names = inputs(image, mode, meta, data_dir, out_dir)
         if mode == 'add':
-            add(model, codec, tok, x, truth, names, batch_size)
+            add(model, codec, tok, task, x, truth, names, batch_size)
         else:
             draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out_dir)
     elif mode == 'complete':
@@ -350,4 +406,4 @@ else:
     else:
         test_images, test_labels = load_images(data_dir, 'test', meta)
         serve(Page(model, ck, codec, tok, meta['dataset'], test_images, test_labels, sampling, reading, keep, seed,
-                   paths[0]), host, port)
+                   paths[0], load_captions(data_dir, 'test', meta) if meta.get('captions') else None), host, port)

@@ -32,7 +32,7 @@ from tinyvlm.gpt import GPT, GPTConfig
 from tinyvlm.inference import reading_probe
 from tinyvlm.plumbing import autocast, lock_folder, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import check_data, data_signature, load_array, load_meta, load_split
-from tinyvlm.sequences import PAD, Codec, answer_targets, training_pairs
+from tinyvlm.sequences import PAD, Codec, answer_targets, free_text, training_pairs
 
 start_script()  # errors the user can fix end in one line
 
@@ -126,7 +126,7 @@ codec = Codec.from_meta(meta)
 data = {}
 for split in ('train', 'val'):
     seqs, codes, labels, tasks = load_split(data_dir, split, meta)
-    X, Y = training_pairs(seqs, codec.stoi[PAD])
+    X, Y = training_pairs(seqs, codec.stoi[PAD], free_text(codec, tasks))
     data[split] = tuple(t.to(device) for t in (X, Y, answer_targets(codec, tasks, X.size(1))))
     if split == 'val':  # what reading the first val images is judged by: 'image:XXXX, number:', or their sums
         val_prompts, val_answers, val_labels = reading_probe(codec, meta['shares'], codes[:eval_classify],

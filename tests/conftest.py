@@ -61,8 +61,11 @@ def work(mnist_dir, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def server(work):
-    """python sample.py --mode=serve over a tiny model trained here, on a free port of 127.0.0.1."""
-    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=20', '--out_dir=out/serve', cwd=work)
+    """python sample.py --mode=serve over a tiny model trained here on every single-image task, captions
+    both ways too, on a free port of 127.0.0.1."""
+    run_script('prepare.py', '--augment=0', '--shares=1,1,0,0,1,1', '--data_dir=data/captioned', cwd=work)
+    run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=20', '--out_dir=out/serve', '--data_dir=data/captioned',
+               cwd=work)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'sample.py'), '--mode=serve', '--port=0',
                              '--out_dir=out/serve'], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))

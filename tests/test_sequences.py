@@ -9,7 +9,8 @@ import torch
 from make_data import DIGITS, mnist_codec
 from tinyvlm import Error
 from tinyvlm.datasets import IDX_SETS
-from tinyvlm.sequences import PAD, TASKS, Codec, answer_targets, code_alphabet, second_images, training_pairs
+from tinyvlm.sequences import (PAD, TASKS, Codec, answer_targets, code_alphabet, free_text, second_images,
+                               training_pairs)
 
 FASHION = IDX_SETS['fashion']['classes']
 
@@ -58,7 +59,7 @@ def test_templates_and_padding():
     for bad in ('number:7, image:PTKRWCI.', 'number:x, image:PTKRWCIU.', 'number:7, image:PTKRWCIU',
                 'number:7, image:PTKRWCI5.', 'image:PTKRWCIU, number:72.'):
         assert codec.parse(bad) is None
-    assert codec.answer_position('generation') == 1 and codec.answer_position('classification') == 10
+    assert codec.answer_positions('generation') == [1] and codec.answer_positions('classification') == [10]
     with pytest.raises(Error, match='block_size 11 is too short'):
         mnist_codec(block=11)
     with pytest.raises(Error, match="class name '.' is also a piece of the sequence format"):
@@ -82,7 +83,7 @@ def test_class_names_as_words():
             codec.label(bad)
     with pytest.raises(Error, match='unknown class'):
         mnist_codec().labels('7x')
-    assert ids[codec.answer_position('classification')] == codec.label_ids[0]
+    assert ids[codec.answer_positions('classification')[0]] == codec.label_ids[0]
     other = Codec(['Shirt', 'Shirts', 'Bag'], 'class', 26, 8, 40)  # whole names, one token each, even a name's prefix
     assert [other.itos[i] for i in other.label_ids] == ['Shirt', 'Shirts', 'Bag'] and len(set(other.label_ids)) == 3
 
@@ -122,21 +123,21 @@ def test_answer_targets_come_from_the_tasks():
 
 def test_tasks_of_two_images_round_trip():
     """Every task, those of two images included, writes a line that parses back to what was written."""
-    codec = Codec(DIGITS, 'number', 26, 8, tasks=list(TASKS))
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=['generation', 'classification', 'addition', 'next'])
     a, b = [15, 19, 10, 17, 22, 2, 8, 20], [0, 1, 2, 3, 4, 5, 6, 25]
     assert codec.line('addition', 7, a, 5, b)[0] == 'image:PTKRWCIU plus image:ABCDEFGZ, sum:12.' + '#' * 3
     assert codec.line('next', 7, a, 8, b)[0] == 'image:PTKRWCIU, next:8, image:ABCDEFGZ.' + '#' * 3
     assert codec.block_size == 24 and codec.sums == list(range(19))
-    for task in TASKS:
+    for task in codec.tasks:
         s, ids = codec.line(task, 7, a, 5, b)
         assert codec.decode(ids) == s and len(ids) == codec.block_size
         parsed = codec.parse(s)
         assert parsed['task'] == task and np.array_equal(parsed['image'], a)
         assert ('image2' in parsed) == ('{image2}' in TASKS[task])
         if task == 'addition':
-            assert codec.sums[parsed['sum']] == 12 and ids[codec.answer_position(task)] == codec.stoi['12']
+            assert codec.sums[parsed['sum']] == 12 and ids[codec.answer_positions(task)[0]] == codec.stoi['12']
         if task == 'next':
-            assert parsed['label2'] == 5 and ids[codec.answer_position(task)] == codec.label_ids[5]
+            assert parsed['label2'] == 5 and ids[codec.answer_positions(task)[0]] == codec.label_ids[5]
     assert codec.text('addition', codes=a, codes2=b, upto='sum') == 'image:PTKRWCIU plus image:ABCDEFGZ, sum:'
     assert codec.decode(codec.prompts('next', 'image2', codes=[a], labels2=[8])[0]) == 'image:PTKRWCIU, next:8, image:'
     assert codec.decode(codec.prompts('next', 'label2', codes=[a])[0]) == 'image:PTKRWCIU, next:'
@@ -151,7 +152,7 @@ def test_tasks_of_two_images_round_trip():
 def test_second_images_and_answers():
     """'next' pairs an image with one of the class after its own; addition with any; the answer targets
     are the class names (the one 'next' names too) and the sums, never an image."""
-    codec = Codec(DIGITS, 'number', 26, 8, tasks=list(TASKS))
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=['generation', 'classification', 'addition', 'next'])
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 400)
     tasks = rng.integers(0, 4, 400)
@@ -170,3 +171,68 @@ def test_second_images_and_answers():
     assert all(g == str((labels[i] + 1) % 10) for i, g in enumerate(got) if tasks[i] == 3)
     with pytest.raises(Error, match="images of every class"):
         second_images(['next'], np.zeros(5), np.array([0, 0, 1, 1, 2]), 4, rng)
+
+
+def test_captions_round_trip():
+    """Captions are spelled a character a token: spaces, non-ASCII letters and words never seen all
+    round-trip, and the image codes keep clear of every character a caption can hold."""
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=list(TASKS), caption_length=24, caption_chars='éß')
+    assert not set(codec.code_chars) & set(codec.caption_chars) and 'A' in codec.caption_chars
+    a, b = [15, 19, 10, 17, 22, 2, 8, 20], [0, 1, 2, 3, 4, 5, 6, 25]
+    for caption in ('a thick slanted 7', 'une fée, ß. ok', 'x', 'Zebra-7 (new!)'):
+        for task in ('illustration', 'captioning'):
+            s, ids = codec.line(task, 7, a, caption=caption)
+            assert codec.decode(ids) == s and len(ids) == codec.block_size
+            assert len(ids) - s.count('#') == len(codec.tokens(task, codes=a, caption=caption))
+            parsed = codec.parse(s)
+            assert parsed['task'] == task and parsed['caption'] == caption and np.array_equal(parsed['image'], a)
+        assert codec.text('illustration', caption=caption, upto='image') == f'caption:{caption}, image:'
+    for task in ('generation', 'classification', 'addition', 'next'):  # the other tasks as before
+        s, ids = codec.line(task, 7, a, 5, b)
+        assert codec.parse(s)['task'] == task
+    assert codec.decode(codec.prompts('captioning', 'caption', codes=[a])[0]).endswith(', caption:')
+    assert codec.block_size >= len(codec.tokens('captioning', codes=a, caption='x' * 24)) + 1
+    again = Codec.from_meta(dict(classes=codec.classes, key='number', codebook_size=26, tokens_per_image=8,
+                                 block_size=codec.block_size, vocab=codec.itos, tasks=codec.tasks, grid=0, lead=0,
+                                 caption_length=24))
+    assert again.caption_chars == codec.caption_chars and again.parse(codec.line('captioning', 0, a, caption='é')[0])
+    for bad, match in (('', 'cannot be empty'), ('   ', 'cannot be empty'), ('x' * 25, 'at most 24 characters'),
+                       ('a ☃ 7', "never seen: '☃'"), ('a # 7', "never seen: '#'"), ('Ä', "never seen: 'Ä'")):
+        with pytest.raises(Error, match=match):
+            codec.tokens('illustration', caption=bad, upto='image')
+    with pytest.raises(Error, match='not trained on captions'):
+        Codec(DIGITS, 'number', 26, 8).caption_ids('a 7')
+    with pytest.raises(Error, match='needs caption_length'):
+        Codec(DIGITS, 'number', 26, 8, tasks=['captioning'])
+
+
+def test_free_text_ends_with_padding():
+    """A caption's end is learnt (the first padding after it is a target), so that a caption may hold the
+    end '.'; the other tasks' padding stays out of the loss, as before."""
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=list(TASKS), caption_length=12)
+    names = list(codec.tasks)
+    rows = [codec.line('generation', 3, [1] * 8)[1], codec.line('captioning', 3, [1] * 8, caption='Dr. Who.')[1]]
+    tasks = torch.tensor([names.index('generation'), names.index('captioning')])
+    X, Y = training_pairs(torch.tensor(rows), codec.stoi[PAD], free_text(codec, tasks))
+    assert (Y[0] == codec.stoi[PAD]).sum() == 0 and (Y[1] == codec.stoi[PAD]).sum() == 1
+    written = codec.decode([t for t in Y[1].tolist() if t != -1])
+    assert written.endswith(', caption:Dr. Who..#') and len(rows[1]) == codec.block_size
+    assert codec.block_size > len(codec.tokens('captioning', codes=[1] * 8, caption='x' * 12))
+
+
+def test_worked_addition_names_the_digits_then_the_sum():
+    """The addition that shows its work: each digit named where classification names it, then the sum;
+    all three are answers, weighed as such."""
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=['generation', 'classification', 'worked_addition'])
+    a, b = [15, 19, 10, 17, 22, 2, 8, 20], [0, 1, 2, 3, 4, 5, 6, 25]
+    s, ids = codec.line('worked_addition', 3, a, 9, b)
+    assert s.startswith('image:PTKRWCIU, number:3 plus image:ABCDEFGZ, number:9, sum:12.')
+    p = codec.parse(s)
+    assert (p['task'], p['label'], p['label2'], codec.sums[p['sum']]) == ('worked_addition', 3, 9, 12)
+    assert np.array_equal(p['image'], a) and np.array_equal(p['image2'], b)
+    assert [codec.decode([ids[p]]) for p in codec.answer_positions('worked_addition')] == ['3', '9', '12']
+    assert codec.text('worked_addition', codes=a, upto='label') == codec.text('classification', codes=a, upto='label')
+    tasks = torch.tensor([0, 1, 2])
+    rows = torch.tensor([codec.line('generation', 3, a)[1], codec.line('classification', 3, a)[1], ids])
+    X, Y = training_pairs(rows, codec.stoi[PAD])
+    assert answer_targets(codec, tasks, X.size(1)).sum(1).tolist() == [1, 1, 3]

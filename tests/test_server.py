@@ -32,6 +32,19 @@ def test_api_answers(server):
     assert r['asked'] is None and all(c['tokens'].endswith(f", number:{c['name']}.") for c in r['completions'])
 
 
+def test_captions_both_ways(server):
+    """A model that learnt captions draws a prompt, words it has never seen included, and writes the
+    caption of an image it reads."""
+    status, info, _ = request(server, 'GET', '/api/info')
+    assert info['illustration'] and info['captioning'] and info['caption_length'] >= len(info['example_caption']) > 0
+    for prompt in ('a thick slanted 7', 'zebra 7?'):
+        status, r, _ = request(server, 'POST', '/api/generate', {'prompt': prompt, 'num_samples': 2})
+        assert status == 200 and len(r['images']) == 2 and r['prompt'] == prompt
+        assert all(t.startswith(f'caption:{prompt}, image:') and len(t) == len(prompt) + 66 for t in r['tokens'])
+    status, r, _ = request(server, 'POST', '/api/classify', {'image': drawing_url()})
+    assert status == 200 and isinstance(r['caption'], str) and len(r['caption']) <= info['caption_length']
+
+
 @pytest.mark.parametrize('method, path, body, headers, status, message', [
     ('POST', '/api/classify', b'{not json', None, 400, 'not JSON'),
     ('POST', '/api/classify', b'[1, 2]', None, 400, 'must be a JSON object'),
@@ -53,6 +66,11 @@ def test_api_answers(server):
     ('POST', '/api/generate', {'label': '7', 'num_samples': 1000}, None, 400, 'at most 64 on the page'),
     ('POST', '/api/generate', b'[' * 100000 + b']' * 100000, None, 400, 'nested too deeply'),
     ('POST', '/api/generate', b'{"label": "7", "num_samples": ' + b'9' * 5000 + b'}', None, 400, 'not JSON'),
+    ('POST', '/api/generate', {'prompt': ''}, None, 400, 'a caption cannot be empty'),
+    ('POST', '/api/generate', {'prompt': 'a thick ☃'}, None, 400, "characters the model has never seen: '☃'"),
+    ('POST', '/api/generate', {'prompt': 'a #7'}, None, 400, "never seen: '#'"),
+    ('POST', '/api/generate', {'prompt': 'x' * 5000}, None, 400, 'a caption is at most 24 characters'),
+    ('POST', '/api/generate', {'prompt': 7}, None, 400, 'prompt must be text'),
     ('POST', '/api/complete', {'index': 10 ** 9}, None, 400, 'index must be a test image number 0..9999'),
     ('POST', '/api/complete', {'index': '../../etc/passwd'}, None, 400, 'index must be a test image number'),
     ('POST', '/api/complete', {'index': 1, 'keep': 99}, None, 400, 'keep must be at most 7'),
@@ -121,7 +139,8 @@ def browser():
 
 def test_page_in_a_real_browser(server, tmp_path):
     """Draw a stroke on the canvas and see one probability per class, then clear it all; ask for a
-    class and see its images, the button disabled while the model works; complete a test image as a
+    class and see its images, the button disabled while the model works; write a caption and see it
+    drawn (and one it cannot spell refused), and the drawing's caption; complete a test image as a
     class asked for, with the completion's own settings, and see what was asked and what was read."""
     driver = browser()  # first: without selenium it skips (outside CI) rather than fail on an import
     from selenium.webdriver.common.action_chains import ActionChains
@@ -142,6 +161,8 @@ def test_page_in_a_real_browser(server, tmp_path):
         assert abs(sum(probs) - 1) < 0.02 and len(driver.find_elements(By.CSS_SELECTOR, '#bars .bar.top')) == 1
         assert driver.find_element(By.ID, 'seen').get_attribute('src').startswith('data:image/png')
         assert len(driver.find_element(By.ID, 'seentok').text) == 49
+        assert driver.find_element(By.ID, 'capline').is_displayed()  # the model learnt captioning: it writes one
+        assert driver.find_element(By.ID, 'capline').text.startswith('its caption:')
         driver.find_element(By.ID, 'clear').click()  # clear empties everything the drawing showed
         assert driver.find_elements(By.CSS_SELECTOR, '#bars .bar') == [] and driver.find_element(By.ID, 'seentok').text == ''
         assert driver.find_element(By.ID, 'seen').get_attribute('src') in (None, '')
@@ -154,6 +175,19 @@ def test_page_in_a_real_browser(server, tmp_path):
         tokens = [t.text for t in driver.find_elements(By.CSS_SELECTOR, '#gens .tok')]
         assert len(tokens) == 4 and all(t.startswith('number:7, image:') for t in tokens)
         wait.until(lambda d: not d.find_element(By.ID, 'gen').get_property('disabled'))
+
+        # the prompt box: a caption drawn, a caption it cannot spell refused in one line
+        assert driver.find_element(By.ID, 'promptsec').is_displayed()
+        driver.find_element(By.ID, 'prompt').send_keys('a thick ☃')
+        driver.find_element(By.ID, 'draw').click()
+        wait.until(lambda d: 'never seen' in d.find_element(By.ID, 'prompterr').text)
+        driver.find_element(By.ID, 'prompt').clear()
+        driver.find_element(By.ID, 'prompt').send_keys('a thick slanted 7\n')  # Enter draws
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#drawn img')) == 4)
+        assert [c.text for c in driver.find_elements(By.CSS_SELECTOR, '#drawn .caption')] == ['a thick slanted 7'] * 4
+        assert all(t.text.startswith('caption:a thick slanted 7, image:')
+                   for t in driver.find_elements(By.CSS_SELECTOR, '#drawn .tok'))
+        assert driver.find_element(By.ID, 'prompterr').text == ''
 
         driver.find_element(By.ID, 'idx').clear()
         driver.find_element(By.ID, 'idx').send_keys('12')

@@ -173,7 +173,7 @@ def snapshot(folder):
     ('sample.py', '--temperature=-2'),
     ('vqvae.py', '--levels=5,,5'),
     ('prepare.py', '--augment=1.5'),
-    ('prepare.py', '--shares=1,2,3,4,5'),
+    ('prepare.py', '--shares=1,2,3,4,5,6,7'),
     ('vqvae.py', '--dataset=nowhere'),
 ])
 def test_bad_settings_end_to_end(args, tmp_path):

@@ -205,7 +205,8 @@ RULES = {
     'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
     'flip': None, 'latent_norm': None,  # bools: the type says it all
     # using the model
-    'mode': one_of('eval', 'generate', 'classify', 'complete', 'add', 'next', 'serve'),
+    'mode': one_of('eval', 'generate', 'classify', 'complete', 'add', 'next', 'caption', 'serve'),
+    'prompt': None,                     # a caption: checked against the model's characters when it is read
     'keep': integer(0, 4096),
     'host': lambda v: None if v.strip() else 'an address to listen on, like 127.0.0.1',
     'port': integer(0, 65535),
@@ -227,6 +228,7 @@ RULES = {
     'png_size': integer(0, 4096),
     'reference': writable_file,
     'fidelity_samples': integer(0, 100000),
+    'caption_images': integer(1, 100000),
     'sweep_images': integer(1, 100000),
     # bench
     'repeats': integer(1),

@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from tinyvlm import Error
+from tinyvlm.captions import read_metadata
 from tinyvlm.images import ImageError, open_image, prepare_image
 from tinyvlm.plumbing import atomic_write
 from tinyvlm.sequences import check_class_name
@@ -142,7 +143,7 @@ def load_idx(name, idx_dir=''):
 def idx_splits(name, idx_dir=''):
     """{'train', 'val', 'test'} -> (images uint8 (N, 1, 28, 28), labels int64 (N,))."""
     m = load_idx(name, idx_dir)
-    to = lambda im, lb: (im[:, None].copy(), lb.astype(np.int64))
+    to = lambda im, lb: (im[:, None].copy(), lb.astype(np.int64), None)  # no captions of their own
     return {'train': to(m['train_images'][:N_TRAIN], m['train_labels'][:N_TRAIN]),
             'val': to(m['train_images'][N_TRAIN:], m['train_labels'][N_TRAIN:]),
             'test': to(m['test_images'], m['test_labels'])}
@@ -165,8 +166,11 @@ def _image_files(folder):
 
 
 def folder_splits(root, image_size=0):
-    """A folder of class folders -> ({split: (uint8 (N, C, S, S), int64 labels)}, class names, notes).
-    Colour is kept when any image has it; unreadable files are skipped and counted in notes."""
+    """A folder of class folders -> ({split: (uint8 (N, C, S, S), int64 labels, captions)}, class names,
+    notes). Colour is kept when any image has it; unreadable files are skipped and counted in notes.
+    captions: a list of each image's caption where the folder (or a split's folder) has a metadata.jsonl
+    or metadata.csv (captions.read_metadata), an image it does not name captioned by its class name and
+    counted in notes; else None."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise Error(f"dataset must be 'mnist', 'fashion' or a folder of class folders; {root} is not a folder")
@@ -258,7 +262,15 @@ def folder_splits(root, image_size=0):
     for split in ('train', 'val', 'test'):
         if not files[split]:
             raise Error(f"the {split} split of {root} has no readable images")
-    splits = {s: (np.stack([pix[p] for p, _ in files[s]]), np.array([y for _, y in files[s]], dtype=np.int64))
+    texts = {}
+    for folder in dict.fromkeys([root] + list(parts.values())):
+        texts.update(read_metadata(folder))
+    uncaptioned = sum(p not in texts for items in files.values() for p, _ in items)
+    if texts and uncaptioned:
+        notes.append(f"{uncaptioned} image{'s' if uncaptioned > 1 else ''} without a caption in metadata.jsonl/.csv: "
+                     "captioned by their class names")
+    splits = {s: (np.stack([pix[p] for p, _ in files[s]]), np.array([y for _, y in files[s]], dtype=np.int64),
+                  [texts.get(p, classes[y]) for p, y in files[s]] if texts else None)
               for s in ('train', 'val', 'test')}
     return splits, classes, notes
 
@@ -276,13 +288,13 @@ def load_dataset(dataset, idx_dir='', image_size=0, quiet=False):
                         f"or 28, got {image_size}")
         s = IDX_SETS[dataset]
         splits = idx_splits(dataset, idx_dir)
-        info = dict(dataset=dataset, name=dataset, title=s['title'], classes=s['classes'], key=s['key'],
+        info = dict(dataset=dataset, name=dataset, title=s['title'], classes=s['classes'], key=s['key'], captions='style',
                     image_size=28, channels=1, fit=s['fit'], idx_dir=os.path.abspath(idx_dir) if idx_dir else '')
     else:
         splits, classes, notes = folder_splits(dataset, image_size)
         path = os.path.abspath(dataset)
         info = dict(dataset=path, name=os.path.basename(path.rstrip(os.sep)) or 'images', title=path, classes=classes,
-                    key='class', image_size=int(splits['train'][0].shape[-1]), channels=int(splits['train'][0].shape[1]),
+                    key='class', captions='metadata' if splits['train'][2] is not None else 'class names', image_size=int(splits['train'][0].shape[-1]), channels=int(splits['train'][0].shape[1]),
                     fit=None, idx_dir='')
         if not quiet:
             for n in notes:

@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from tinyvlm.inference import answer_next, generate_images, sum_probe
+from tinyvlm.captions import STYLES, measure_style, read_caption, style_obeyed, style_words
+from tinyvlm.inference import answer_next, draw_captions, generate_images, read_sums, sum_pairs, write_captions
 from tinyvlm.plumbing import Progress
 from tinyvlm.reference import classify_images, frechet_distance, precision_recall
 
@@ -30,13 +31,19 @@ def reading_scores(pred, truth, classes):
                 confusion_pairs=pairs, confusion_matrix=confusion.tolist())
 
 
-def addition_scores(model, codec, codes, labels, seed, batch_size=250):
-    """MNIST addition: each image paired with another of the same split (inference.sum_probe), the sum
-    read from 'image:A plus image:B, sum:' over the sums. -> its accuracy, standard error, pairs."""
-    prompts, truth = sum_probe(codec, codes, labels.cpu(), seed, next(model.parameters()).device)
-    pred = model.next_token_probs(prompts, codec.sum_ids, batch_size).argmax(1)
-    acc = (pred == truth).float().mean().item()
-    return dict(sum_accuracy=acc, sum_stderr=math.sqrt(acc * (1 - acc) / len(truth)), sum_pairs=len(truth))
+def addition_scores(model, codec, task, codes, labels, seed, batch_size=250):
+    """MNIST addition: each image paired with another of the same split (inference.sum_pairs), the sum
+    read (inference.read_sums: 'addition', or 'worked_addition', which names the digits first).
+    -> its accuracy, standard error, pairs (keys 'sum_...', or 'worked_sum_...' and the digits named)."""
+    second, truth = sum_pairs(codec, labels.cpu(), seed)
+    probs, digits = read_sums(model, codec, task, codes, codes[second], batch_size)
+    acc = (probs.argmax(1).cpu() == truth).float().mean().item()
+    key = 'sum' if task == 'addition' else 'worked_sum'
+    out = {f'{key}_accuracy': acc, f'{key}_stderr': math.sqrt(acc * (1 - acc) / len(truth)), f'{key}_pairs': len(truth)}
+    if digits is not None:
+        y = labels.cpu()
+        out['worked_digits'] = ((digits[:, 0] == y) & (digits[:, 1] == y[second])).float().mean().item()
+    return out
 
 
 def next_scores(model, codec, tok, cnn, codes, labels, sampling, seed):
@@ -50,6 +57,48 @@ def next_scores(model, codec, tok, cnn, codes, labels, sampling, seed):
     acc = (classify_images(cnn, drawn.to(device)).argmax(1).cpu() == want).float().mean().item()
     return dict(next_fidelity=acc, next_stderr=math.sqrt(acc * (1 - acc) / len(labels)), next_images=len(labels),
                 next_named=(named == want).float().mean().item())
+
+
+def caption_scores(model, codec, tok, cnn, learnt, captions, images, labels, codes, plan, sampling, seed):
+    """The caption tasks on test images: images drawn from their captions ('illustration'), read by the
+    reference classifier cnn as the class of the image captioned, and with style captions
+    (captions.py), each style word measured on the drawings, as on the reconstructions of the images
+    captioned (the tokenizer's ceiling); and the captions written of the images ('captioning'), exactly
+    right, their class right, and each measure's word right (a word where the truth has one, none where
+    it has none), beside the words measured on the reconstructions (the most the codes can tell)."""
+    device, out = labels.device, {}
+    y = labels.cpu()
+    style = plan if plan['source'] == 'style' else None
+    recon = tok.decode(codes.to(device), sampling['batch_size']).cpu() if style else None
+    if 'illustration' in learnt:
+        drawn = draw_captions(model, codec, tok, captions, torch.Generator(device).manual_seed(seed), **sampling,
+                              progress=Progress('drawing captions', len(captions), 'images'))[0]
+        acc = (classify_images(cnn, drawn.to(device)).argmax(1).cpu() == y).float().mean().item()
+        out.update(caption_images=len(captions), caption_fidelity=acc,
+                   caption_fidelity_stderr=math.sqrt(acc * (1 - acc) / len(captions)))
+        if style:
+            kind = style['kind']
+            asked = [(read_caption(c, codec.classes, kind) or (None, {}))[1] for c in captions]
+            out.update(style_obeyed=style_obeyed(measure_style(drawn, kind), y.numpy(), asked, style['bounds'], kind),
+                       style_obeyed_reconstructions=style_obeyed(measure_style(recon, kind), y.numpy(), asked,
+                                                                 style['bounds'], kind))
+    if 'captioning' in learnt:
+        written = write_captions(model, codec, codes.to(device), sampling['batch_size'])
+        exact = sum(w == c for w, c in zip(written, captions)) / len(captions)
+        out.update(captioned=len(captions), caption_exact=exact, caption_exact_stderr=math.sqrt(exact * (1 - exact) / len(captions)),
+                   caption_examples=[dict(true=c, written=w) for c, w in list(zip(captions, written))[:8]])
+        if style:
+            kind = style['kind']
+            truth = [read_caption(c, codec.classes, kind) for c in captions]
+            said = [read_caption(w, codec.classes, kind) or (None, None) for w in written]
+            out['caption_class'] = sum(s[0] == t[0] for s, t in zip(said, truth)) / len(captions)
+            out['caption_words'] = {k: sum(s[1] is not None and s[1].get(k) == t[1].get(k) for s, t in zip(said, truth))
+                                    / len(captions) for k in STYLES[kind]}
+            # the ceiling: the words of the reconstructions (what the model sees) against the images' own
+            seen = style_words(measure_style(recon, kind), y.numpy(), style['bounds'], kind)
+            out['caption_words_reconstructions'] = {k: sum(w.get(k) == t[1].get(k) for w, t in zip(seen, truth))
+                                                    / len(captions) for k in STYLES[kind]}
+    return out
 
 
 def validity(codec, labels, codes):

@@ -8,7 +8,7 @@ import torch
 
 from tinyvlm import Error
 from tinyvlm.images import shifted
-from tinyvlm.sequences import second_images
+from tinyvlm.sequences import END, PAD, second_images
 
 SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))  # (dx, dy) of the extra views
 
@@ -41,6 +41,39 @@ def generate_images(model, codec, tok, labels, generator, batch_size=250, **samp
     return tok.decode(codes, batch_size).cpu(), codes.cpu()
 
 
+def draw_captions(model, codec, tok, captions, generator, batch_size=250, **sampling):
+    """One image per caption, drawn after 'caption:a thick 7, image:' (draw_codes; captions of one
+    length at a time, since every row of a batch starts at its sequence's start).
+    -> images (N, C, S, S) on the CPU, codes (N, tokens_per_image)."""
+    device = next(model.parameters()).device
+    ids = [codec.tokens('illustration', caption=c, upto='image') for c in captions]
+    codes = torch.zeros(len(captions), codec.tokens_per_image, dtype=torch.long, device=device)
+    for n in sorted(set(map(len, ids))):
+        rows = [i for i, x in enumerate(ids) if len(x) == n]
+        prompts = torch.tensor([ids[i] for i in rows], device=device)
+        codes[rows] = draw_codes(model, codec, lambda i, j: prompts[i:j], len(rows), generator, batch_size=batch_size,
+                                 **sampling)
+    return tok.decode(codes, batch_size).cpu(), codes.cpu()
+
+
+@torch.no_grad()
+def write_captions(model, codec, codes, batch_size=250):
+    """Each image's caption, its most likely character at each step after 'image:..., caption:' until the
+    sequence ends (the model writes '.' and then padding). codes (N, T) -> a list of N strings."""
+    device = next(model.parameters()).device
+    allowed = torch.zeros(codec.vocab_size, dtype=torch.bool, device=device)
+    allowed[[codec.stoi[c] for c in codec.caption_chars] + [codec.stoi[PAD]]] = True
+    out = []
+    for i in range(0, len(codes), batch_size):
+        prompts = codec.prompts('captioning', 'caption', codes=codes[i:i + batch_size], device=device)
+        steps = min(codec.caption_length + 1, codec.block_size - prompts.size(1))
+        written = model.generate(prompts, steps, temperature=0, allowed=allowed)[:, prompts.size(1):]
+        for row in written.tolist():
+            text = codec.decode(row).split(PAD)[0]
+            out.append(text[:-1] if text.endswith(END) else text)
+    return out
+
+
 @torch.no_grad()
 def answer_next(model, codec, tok, codes, generator, batch_size=250, **sampling):
     """The 'next' task: after 'image:A, next:' the model names a class (its most likely), then draws one
@@ -56,13 +89,36 @@ def answer_next(model, codec, tok, codes, generator, batch_size=250, **sampling)
     return tok.decode(drawn, batch_size).cpu(), drawn.cpu(), torch.tensor(named)
 
 
-def sum_probe(codec, codes, labels, seed, device='cpu'):
-    """Each image paired with another of them (sequences.second_images, drawn with seed): the prompts
-    'image:A plus image:B, sum:' (N, T) and the right sums (N,) as indices into codec.sums."""
+def sum_pairs(codec, labels, seed):
+    """Each image paired with another of them (sequences.second_images, drawn with seed): the second's
+    index (N,) and the right sums (N,) as indices into codec.sums."""
     second = torch.from_numpy(second_images(['addition'], np.zeros(len(labels)), labels.numpy(), len(codec.classes),
                                             np.random.default_rng(seed)))
-    truth = torch.tensor([codec.sum_of(a, b) for a, b in zip(labels.tolist(), labels[second].tolist())], device=device)
-    return codec.prompts('addition', 'sum', codes=codes, codes2=codes[second], device=device), truth
+    return second, torch.tensor([codec.sum_of(a, b) for a, b in zip(labels.tolist(), labels[second].tolist())])
+
+
+def sum_probe(codec, codes, labels, seed, device='cpu'):
+    """The prompts 'image:A plus image:B, sum:' (N, T) of sum_pairs, and the right sums (N,)."""
+    second, truth = sum_pairs(codec, labels, seed)
+    return codec.prompts('addition', 'sum', codes=codes, codes2=codes[second], device=device), truth.to(device)
+
+
+@torch.no_grad()
+def read_sums(model, codec, task, codes, codes2, batch_size=250):
+    """The sum of each pair of images (codes, codes2: (N, T)) in an addition task: 'addition' reads it
+    after 'image:A plus image:B, sum:'; 'worked_addition' first names each digit (its most likely), then
+    the sum after them. -> the probabilities of the sums (N, len(codec.sums)), and the digits named
+    (N, 2) (None for 'addition')."""
+    device = next(model.parameters()).device
+    probe = lambda field, **given: model.next_token_probs(codec.prompts(task, field, codes=codes, codes2=codes2,
+                                                                        device=device, **given),
+                                                          codec.sum_ids if field == 'sum' else codec.label_ids,
+                                                          batch_size)
+    if task == 'addition':
+        return probe('sum'), None
+    a = probe('label').argmax(1).tolist()
+    b = probe('label2', labels=a).argmax(1).tolist()
+    return probe('sum', labels=a, labels2=b), torch.tensor([a, b]).T
 
 
 def reading_probe(codec, shares, codes, labels, seed, device='cpu'):

@@ -28,7 +28,7 @@ def load_meta(data_dir):
 
 
 def load_array(data_dir, name, meta):
-    """One data file of a prepared folder (.npy or .bin), after checking it is the file meta.json
+    """One data file of a prepared folder (.npy, .bin, or .txt: its lines), after checking it is the file meta.json
     describes."""
     path = os.path.join(data_dir, name)
     if not os.path.isfile(path):
@@ -38,6 +38,9 @@ def load_array(data_dir, name, meta):
                     f"interrupted?): run prepare.py again")
     if name.endswith('.npy'):
         return np.load(path)
+    if name.endswith('.txt'):  # one line each
+        with open(path, encoding='utf-8') as f:
+            return f.read().split('\n')[:-1]
     return np.fromfile(path, dtype=meta['dtype'])
 
 
@@ -58,6 +61,14 @@ def load_images(data_dir, split, meta):
     images = load_array(data_dir, f'{split}_images.npy', meta)
     labels = load_array(data_dir, f'{split}_labels.npy', meta)[:len(images)]  # the originals come first
     return torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_captions(data_dir, split, meta):
+    """The captions of a split's original images (prepare.py's caption tasks), a list of strings."""
+    if not meta.get('captions'):
+        raise Error(f"{data_dir} has no captions: prepare.py's shares gave the caption tasks none")
+    n = len(load_array(data_dir, f'{split}_images.npy', meta))
+    return load_array(data_dir, f'{split}_captions.txt', meta)[:n]
 
 
 def data_signature(meta):

@@ -7,11 +7,16 @@ Each image becomes one sequence of one of the TASKS, a table of templates:
     classification  image:ÀÁÆ...Ŀ, number:7.###        image:ÀÁÆ...Ŀ, class:Ankle boot.###
     addition        image:ÀÁÆ...Ŀ plus image:ÈÒÆ...Ŀ, sum:12.
     next            image:ÀÁÆ...Ŀ, next:8, image:ÈÒÆ...Ŀ.
+    illustration    caption:a thick slanted 7, image:ÀÁÆ...Ŀ.
+    captioning      image:ÀÁÆ...Ŀ, caption:a thick slanted 7.
+    worked_addition image:ÀÁÆ...Ŀ, number:3 plus image:ÈÒÆ...Ŀ, number:9, sum:12.
 
 A template's fields are {label} (the class of its image, one token), {image} (its codes), and in a
 task of two images (early fusion: any interleaving of text and images is one sequence, as in
 Chameleon, Chameleon Team 2024) {image2} and {label2}, the second image's codes and class, and {sum},
-the sum of the two classes (the MNIST addition of Manhaeve et al. 2018, DeepProbLog; one token).
+the sum of the two classes (the MNIST addition of Manhaeve et al. 2018, DeepProbLog; one token), and
+{caption}, free text spelled one character a token (tinyvlm/captions.py: where captions come from),
+so that a word never seen in training can still be written.
 second_images says which image is the second. MNIST keeps the published key 'number'; other data sets say 'class' and the
 class name. Sequences are padded with PAD to block_size tokens. Adding a task is adding a line to
 TASKS (and a number to prepare.py's shares).
@@ -31,8 +36,13 @@ TASKS = {  # name: template
     'classification': 'image:{image}, {key}:{label}' + END,
     'addition': 'image:{image} plus image:{image2}, sum:{sum}' + END,
     'next': 'image:{image}, next:{label2}, image:{image2}' + END,  # name the class after the image's, then draw one
+    'illustration': 'caption:{caption}, image:{image}' + END,  # free text -> image
+    'captioning': 'image:{image}, caption:{caption}' + END,  # image -> free text
+    # addition with its work shown (a scratchpad, Nye et al. 2021): each digit read as classification reads it
+    'worked_addition': 'image:{image}, {key}:{label} plus image:{image2}, {key}:{label2}, sum:{sum}' + END,
 }
 SINGLE = ('generation', 'classification')  # the tasks of one image: a data set's default
+TEXT = ''.join(chr(c) for c in range(0x20, 0x7F) if chr(c) != PAD)  # what any caption can spell
 CODE_RANGES = ((0xC0, 0x530), (0x1E00, 0x2000), (0x4E00, 0xA000))  # Latin, Greek, Cyrillic letters; then CJK
 
 
@@ -50,7 +60,7 @@ def code_alphabet(n, exclude=''):
     """n characters for n image codes: A..Z for up to 26, else letters that every terminal prints
     (Latin-1 and Latin Extended, IPA, Greek, Cyrillic, then CJK ideographs: left-to-right, no combining
     marks), never one of the text's characters."""
-    if n <= 26:
+    if n <= 26 and not set(exclude) & set('ABCDEFGHIJKLMNOPQRSTUVWXYZ'):
         return ''.join(chr(65 + i) for i in range(n))
     ok = [c for c in CODE_LETTERS if c not in exclude]
     if n > len(ok):
@@ -73,10 +83,12 @@ class Codec:
     out would only lengthen every sequence (a fifth of its positions) without telling the model
     anything. An image code is a token with a character of its own, disjoint from the text, so that the
     .txt files read as the sequences the model sees. tasks: names in TASKS (default SINGLE), or the
-    templates themselves (meta.json's). block_size 0: the longest sequence rounded up to a multiple of 8."""
+    templates themselves (meta.json's). block_size 0: the longest sequence rounded up to a multiple of 8.
+    A task with a {caption} spells it in characters: printable ASCII and caption_chars (the others that
+    the data's captions hold), at most caption_length of them."""
 
     def __init__(self, classes, key, codebook_size, tokens_per_image, block_size=0, vocab=None, tasks=None, grid=0,
-                 lead=0):
+                 lead=0, caption_length=0, caption_chars=''):
         self.classes, self.key = list(classes), key
         self.codebook_size, self.tokens_per_image = codebook_size, tokens_per_image
         self.grid = grid  # codes per side of a spatial grid in raster order (conv tokenizer); 0: tokens in no place
@@ -91,12 +103,16 @@ class Codec:
                 shown = next(c for c in self.classes if not re.fullmatch(r'[0-9]{1,6}', c))
                 raise Error(f"the addition task adds class names that are numbers (MNIST's digits), not {shown!r}")
             self.sums = sorted({int(a) + int(b) for a in self.classes for b in self.classes})
+        self.caption_length = caption_length if any('{caption}' in t for t in tasks.values()) else 0
+        if self.caption_length <= 0 and any('{caption}' in t for t in tasks.values()):
+            raise Error("a task with captions needs caption_length, the longest caption, above 0")
         if vocab is None:
             pieces = set(p for t in self.tasks.values() for p in re.split(r'\{\w+\}', t) if p) | {PAD}
             clash = sorted(pieces & set(classes))
             if clash:
                 raise Error(f"class name {clash[0]!r} is also a piece of the sequence format; rename it")
-            text = sorted(pieces | set(classes) | {str(s) for s in self.sums})
+            chars = set(TEXT + caption_chars) - {PAD} if self.caption_length else set()
+            text = sorted(pieces | set(classes) | {str(s) for s in self.sums} | chars)
             vocab = text + list(code_alphabet(codebook_size, exclude=''.join(text)))
         self.itos = list(vocab)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
@@ -104,9 +120,13 @@ class Codec:
         self.code_chars = ''.join(self.itos[self.code_offset:])
         self.label_ids = [self.stoi[c] for c in self.classes]  # what reading chooses from
         self.sum_ids = [self.stoi[str(s)] for s in self.sums]  # ... and reading a sum
+        # the characters a caption can hold: every text token of one character (the end '.' and digits too)
+        self.caption_chars = ''.join(c for c in self.itos[:self.code_offset] if len(c) == 1 and c != PAD) \
+            if self.caption_length else ''
         blank = [0] * tokens_per_image
-        longest = max(len(self.tokens(t, k, blank, label2=0, codes2=blank)) for t in self.tasks
-                      for k in range(len(classes)))
+        longest = max(len(self.tokens(t, k, blank, label2=0, codes2=blank, caption='x' * self.caption_length or None))
+                      + ('{caption}' in self.tasks[t])  # free text ends with padding (training_pairs)
+                      for t in self.tasks for k in range(len(classes)))
         self.block_size = block_size or -(-longest // 8) * 8
         if longest > self.block_size:
             raise Error(f"block_size {block_size} is too short: a sequence with {tokens_per_image} image tokens takes "
@@ -117,13 +137,14 @@ class Codec:
                                         .replace(r'\{label2\}', f'(?P<label2>{one_of(self.classes)})')
                                         .replace(r'\{sum\}', f'(?P<sum>{one_of(map(str, self.sums))})')
                                         .replace(r'\{image\}', f'(?P<image>{image})')
-                                        .replace(r'\{image2\}', f'(?P<image2>{image})'))
+                                        .replace(r'\{image2\}', f'(?P<image2>{image})')
+                                        .replace(r'\{caption\}', f'(?P<caption>[{re.escape(self.caption_chars)}]+)'))
                           for t, s in self.tasks.items()}
 
     @classmethod
     def from_meta(cls, meta):
         return cls(meta['classes'], meta['key'], meta['codebook_size'], meta['tokens_per_image'], meta['block_size'],
-                   meta['vocab'], meta['tasks'], meta['grid'], meta['lead'])
+                   meta['vocab'], meta['tasks'], meta['grid'], meta['lead'], meta.get('caption_length', 0))
 
     @property
     def vocab_size(self):
@@ -162,14 +183,35 @@ class Codec:
             parts = list(parts[0])
         return [self.label(p) for p in parts]
 
+    def caption_ids(self, text):
+        """A caption's token ids, one per character (its spaces folded as captions.check_caption folds
+        them); an Error for one the model cannot take."""
+        text = ' '.join(unicodedata.normalize('NFC', str(text)).split())
+        if not self.caption_length:
+            raise Error("this model was not trained on captions (prepare.py's shares give the caption tasks none)")
+        if not text:
+            raise Error("a caption cannot be empty: write some text, like 'a thick 7'")
+        if len(text) > self.caption_length:
+            raise Error(f"a caption is at most {self.caption_length} characters (the longest the model was trained "
+                        f"on), got {len(text)}")
+        unknown = sorted(set(c for c in text if c not in self.caption_chars))
+        if unknown:
+            extra = ''.join(c for c in self.caption_chars if ord(c) > 126)
+            raise Error(f"the caption holds characters the model has never seen: {''.join(unknown)!r} (it spells "
+                        f"printable ASCII but {PAD!r}{', and ' + extra if extra else ''})")
+        return [self.stoi[c] for c in text]
+
     def sum_of(self, label, label2):
         """The sum of two classes as an index into self.sums."""
         return self.sums.index(int(self.classes[label]) + int(self.classes[label2]))
 
     # the tasks
-    def _values(self, label, codes, label2, codes2):
+    def _values(self, label, codes, label2, codes2, caption=None):
         """Each field's text and token ids, of the fields whose values are given."""
         fields = {}
+        if caption is not None:
+            ids = self.caption_ids(caption)
+            fields['caption'] = (''.join(self.itos[i] for i in ids), ids)
         if label is not None:
             fields['label'] = (self.classes[label], [self.label_ids[label]])
         if label2 is not None:
@@ -188,39 +230,41 @@ class Codec:
         parts = [p for p in re.split(r'(\{\w+\})', self.tasks[task]) if p]
         return parts[:parts.index('{' + upto + '}')] if upto else parts
 
-    def text(self, task, label=None, codes=None, upto=None, label2=None, codes2=None):
-        """A task's sequence for a class and an image (and a second, for a task of two) as text, without
-        padding; with upto (a field: 'label', 'image', 'image2', 'sum'), only what comes before it."""
-        values = self._values(label, codes, label2, codes2)
+    def text(self, task, label=None, codes=None, upto=None, label2=None, codes2=None, caption=None):
+        """A task's sequence for a class and an image (and a second, for a task of two; a caption) as
+        text, without padding; with upto (a field: 'label', 'image', 'image2', 'sum', 'caption'), only what
+        comes before it."""
+        values = self._values(label, codes, label2, codes2, caption)
         return ''.join(values.get(p[1:-1], ('',))[0] if p.startswith('{') else p for p in self._parts(task, upto))
 
-    def tokens(self, task, label=None, codes=None, upto=None, label2=None, codes2=None):
-        """The same as token ids: each piece of template text one token, the class name one, each code one."""
-        values = self._values(label, codes, label2, codes2)
+    def tokens(self, task, label=None, codes=None, upto=None, label2=None, codes2=None, caption=None):
+        """The same as token ids: each piece of template text one token, the class name one, each code
+        one, each character of a caption one."""
+        values = self._values(label, codes, label2, codes2, caption)
         return [i for p in self._parts(task, upto) for i in (values[p[1:-1]][1] if p.startswith('{') else [self.stoi[p]])]
 
-    def line(self, task, label, codes, label2=None, codes2=None):
+    def line(self, task, label, codes, label2=None, codes2=None, caption=None):
         """One sequence padded to block_size: (its text, its token ids)."""
-        ids = self.tokens(task, label, codes, label2=label2, codes2=codes2)
+        ids = self.tokens(task, label, codes, label2=label2, codes2=codes2, caption=caption)
         pad = self.block_size - len(ids)
-        return self.text(task, label, codes, label2=label2, codes2=codes2) + PAD * pad, ids + [self.stoi[PAD]] * pad
+        return (self.text(task, label, codes, label2=label2, codes2=codes2, caption=caption) + PAD * pad,
+                ids + [self.stoi[PAD]] * pad)
 
-    def prompts(self, task, field, labels=None, codes=None, device='cpu', labels2=None, codes2=None):
+    def prompts(self, task, field, labels=None, codes=None, device='cpu', labels2=None, codes2=None, captions=None):
         """Token ids (N, T) of a task's beginning before field, one row per label or per image's codes
-        (and second image's, labels2 and codes2)."""
-        n = len(labels) if labels is not None else len(codes)
+        (and second image's, labels2 and codes2; or per caption: captions of one length)."""
+        n = next(len(xs) for xs in (labels, codes, captions) if xs is not None)
         pick = lambda xs, i: None if xs is None else xs[i]
-        rows = [self.tokens(task, pick(labels, i), pick(codes, i), field, pick(labels2, i), pick(codes2, i))
-                for i in range(n)]
+        rows = [self.tokens(task, pick(labels, i), pick(codes, i), field, pick(labels2, i), pick(codes2, i),
+                            pick(captions, i)) for i in range(n)]
         return torch.tensor(rows, dtype=torch.long, device=device)
 
-    def answer_position(self, task):
-        """The position of the token that answers a task: its class name, its sum, or the class it names
-        before drawing ('next'); None for a task without one."""
-        template = self.tasks[task]
-        field = next((f for f in ('label', 'sum', 'label2') if '{' + f + '}' in template), None)
-        blank = [0] * self.tokens_per_image
-        return None if field is None else len(self.tokens(task, 0, blank, field, 0, blank))
+    def answer_positions(self, task):
+        """The positions of the tokens that answer a task: its class names, its sum, the class it names
+        before drawing ('next'); none for a task of free text."""
+        template, blank = self.tasks[task], [0] * self.tokens_per_image
+        return [len(self.tokens(task, 0, blank, f, 0, blank)) for f in ('label', 'label2', 'sum')
+                if '{' + f + '}' in template]
 
     def parse(self, s):
         """A sequence's text (padding and all) -> its task and fields {'task', 'label', 'image', ...}
@@ -232,7 +276,8 @@ class Codec:
                 out = dict(task=task)
                 for field, value in m.groupdict().items():
                     out[field] = (self.classes.index(value) if field in ('label', 'label2') else
-                                  self.sums.index(int(value)) if field == 'sum' else self.image_codes(value))
+                                  self.sums.index(int(value)) if field == 'sum' else
+                                  value if field == 'caption' else self.image_codes(value))
                 return out
         return None
 
@@ -268,26 +313,35 @@ def second_images(task_names, tasks, labels, num_classes, rng):
     return partner
 
 
-def training_pairs(seqs, pad_id):
+def training_pairs(seqs, pad_id, ends=None):
     """Whole sequences (N, block_size) -> inputs and targets for next-token training: inputs are each
-    sequence but its last token, targets the same shifted by one, padding targets -1 (no loss). Every
-    row starts at a sequence start. Columns whose targets are all padding are cropped: the model is
-    causal, so they change no other position's loss."""
+    sequence but its last token, targets the same shifted by one, padding targets -1 (no loss), but for
+    the rows of ends (bool (N,)), whose first padding is a target: free text (a caption) can hold the
+    end '.', so the model says where it ends with padding. Every row starts at a sequence start.
+    Columns whose targets are all padding are cropped: the model is causal, so they change no other
+    position's loss."""
     targets = seqs[:, 1:].clone()
-    targets[targets == pad_id] = -1
+    pad = targets == pad_id
+    if ends is not None:
+        first = pad & (pad.cumsum(1) == 1)
+        pad &= ~(first & ends[:, None])
+    targets[pad] = -1
     width = int((targets != -1).any(0).nonzero().max()) + 1
     return seqs[:, :width], targets[:, :width]
 
 
+def free_text(codec, tasks):
+    """Bool (N,): the sequences whose task writes free text (a caption), whose end is learnt
+    (training_pairs)."""
+    return torch.tensor(['{caption}' in t for t in codec.tasks.values()], dtype=torch.bool)[tasks]
+
+
 def answer_targets(codec, tasks, width):
-    """Bool (N, width): which target of each sequence (training_pairs' targets) is its answer: a class
-    name, or a sum."""
+    """Bool (N, width): which targets of each sequence (training_pairs' targets) are its answers: class
+    names, sums."""
     mask = torch.zeros(len(tasks), width, dtype=torch.bool)
     for t, name in enumerate(codec.tasks):
-        pos = codec.answer_position(name)
-        if pos is None:
-            continue
-        pos -= 1  # target j is token j + 1
-        if pos < width:
-            mask[tasks == t, pos] = True
+        for pos in codec.answer_positions(name):
+            if pos - 1 < width:  # target j is token j + 1
+                mask[tasks == t, pos - 1] = True
     return mask

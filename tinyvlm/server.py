@@ -5,8 +5,10 @@ one trained model: python sample.py --mode=serve.
     GET  /              the page (HEAD: the same without a body; a query string is ignored)
     GET  /api/info      the data set, its classes and the sampling defaults
     POST /api/test      {index} -> a test image and its class
-    POST /api/classify  {image: data URL} -> the probability of each class, the image the model saw
-    POST /api/generate  {label, num_samples, temperature, guidance} -> images and their token strings
+    POST /api/classify  {image: data URL} -> the probability of each class, the image the model saw (and
+                        the caption it writes, for a model that learnt captioning)
+    POST /api/generate  {label or prompt, num_samples, temperature, guidance} -> images and their token
+                        strings (a prompt: a caption, for a model that learnt illustration)
     POST /api/complete  {index or image, keep, label, num_samples, ...} -> completions and their readings
 
 What it guards against, as the local servers people trust do (Jupyter, the Vite dev server): any web
@@ -37,7 +39,8 @@ import torch
 from tinyvlm import Error
 from tinyvlm.configurator import check
 from tinyvlm.images import data_url, open_image, prepare_image
-from tinyvlm.inference import complete_images, generate_images, kept_rows, kept_view, read_labels
+from tinyvlm.inference import (complete_images, draw_captions, generate_images, kept_rows, kept_view, read_labels,
+                               write_captions)
 
 MAX_BODY = 4 << 20         # bytes: a request's body is refused above this
 MAX_PIXELS = 2048 * 2048   # an image sent to the page: a drawing or a photo, not a scan
@@ -86,8 +89,10 @@ class Page:
     """What the page asks, answered by one model: each API route is a method of the same name, taking the
     request's JSON object and the image it carries (decoded before the model's lock is taken)."""
 
-    def __init__(self, model, ck, codec, tok, info, test_images, test_labels, sampling, reading, keep, seed, checkpoint):
+    def __init__(self, model, ck, codec, tok, info, test_images, test_labels, sampling, reading, keep, seed, checkpoint,
+                 captions=None):
         self.model, self.ck, self.codec, self.tok, self.dataset = model, ck, codec, tok, info
+        self.example = captions[0] if captions else ''  # a caption to show how one reads
         self.test_images, self.test_labels = test_images, test_labels
         self.sampling, self.reading, self.keep, self.seed, self.checkpoint = sampling, reading, keep, seed, checkpoint
         self.device = next(model.parameters()).device
@@ -100,6 +105,8 @@ class Page:
                     image_size=self.dataset['image_size'], channels=self.dataset['channels'],
                     tokens_per_image=codec.tokens_per_image, grid=codec.grid, rows=codec.rows,
                     test_images=len(self.test_images), checkpoint=self.checkpoint, iteration=self.ck['iter_num'],
+                    illustration='illustration' in codec.tasks, captioning='captioning' in codec.tasks,
+                    caption_length=codec.caption_length, example_caption=self.example,
                     defaults=dict(n=4, temperature=self.sampling['temperature'], guidance=self.sampling['guidance'],
                                   keep=self.keep))
 
@@ -131,19 +138,33 @@ class Page:
         x = image[None].to(self.device)
         codes = self.tok.encode(x)
         p = read_labels(self.model, self.codec, self.tok, codes, x, **self.reading)[0].cpu()
+        caption = write_captions(self.model, self.codec, codes)[0] if 'captioning' in self.codec.tasks else None
         return dict(classes=self.codec.classes, probs=p.tolist(), label=self.codec.classes[int(p.argmax())],
-                    seen=data_url(x[0]), tokens=self.codec.image_text(codes[0].tolist()))
+                    seen=data_url(x[0]), tokens=self.codec.image_text(codes[0].tolist()), caption=caption)
 
     def generate(self, request, image):
-        y = self.class_of(request)
+        """Images of a class (label), or of a caption (prompt)."""
+        codec, prompt = self.codec, request.get('prompt')
+        if prompt is not None:
+            if 'illustration' not in codec.tasks:
+                raise Error("prompt: this model was not trained on captions (prepare.py's shares give illustration none)")
+            if not isinstance(prompt, str):
+                raise Error(f"prompt must be text, like 'a thick 7', got {str(prompt)[:40]!r}")
+            codec.caption_ids(prompt)  # a bad prompt is the client's error, before any work
+        else:
+            y = self.class_of(request)
         n = setting(request, 'num_samples', 4, int)
         if n > 64:
             raise Error(f"num_samples must be at most 64 on the page, got {n}")
         sampling = self.sampling_of(request)
         g = torch.Generator(self.device).manual_seed(self.seed + self.calls)
-        images, codes = generate_images(self.model, self.codec, self.tok, [y] * n, g, **sampling)
-        return dict(label=self.codec.classes[y], images=[data_url(im) for im in images],
-                    tokens=[self.codec.text('generation', y, c.tolist()) for c in codes])
+        if prompt is not None:
+            images, codes = draw_captions(self.model, codec, self.tok, [prompt] * n, g, **sampling)
+            return dict(prompt=prompt, images=[data_url(im) for im in images],
+                        tokens=[codec.text('illustration', codes=c.tolist(), caption=prompt) for c in codes])
+        images, codes = generate_images(self.model, codec, self.tok, [y] * n, g, **sampling)
+        return dict(label=codec.classes[y], images=[data_url(im) for im in images],
+                    tokens=[codec.text('generation', y, c.tolist()) for c in codes])
 
     def complete(self, request, image):
         """Completions of a test image (index) or the drawing (image) from its first `keep` rows of codes,

@@ -56,11 +56,11 @@ CODE_LETTERS = ''.join(_letters())
 MAX_CODES = len(CODE_LETTERS)  # the largest codebook whose codes all get a character
 
 
-def code_alphabet(n, exclude=''):
-    """n characters for n image codes: A..Z for up to 26, else letters that every terminal prints
-    (Latin-1 and Latin Extended, IPA, Greek, Cyrillic, then CJK ideographs: left-to-right, no combining
-    marks), never one of the text's characters."""
-    if n <= 26 and not set(exclude) & set('ABCDEFGHIJKLMNOPQRSTUVWXYZ'):
+def code_alphabet(n, exclude='', letters=False):
+    """n characters for n image codes: A..Z for up to 26 (unless letters: captions spell them), else
+    letters that every terminal prints (Latin-1 and Latin Extended, IPA, Greek, Cyrillic, then CJK
+    ideographs: left-to-right, no combining marks), never one of the text's characters."""
+    if n <= 26 and not letters:
         return ''.join(chr(65 + i) for i in range(n))
     ok = [c for c in CODE_LETTERS if c not in exclude]
     if n > len(ok):
@@ -113,7 +113,7 @@ class Codec:
                 raise Error(f"class name {clash[0]!r} is also a piece of the sequence format; rename it")
             chars = set(TEXT + caption_chars) - {PAD} if self.caption_length else set()
             text = sorted(pieces | set(classes) | {str(s) for s in self.sums} | chars)
-            vocab = text + list(code_alphabet(codebook_size, exclude=''.join(text)))
+            vocab = text + list(code_alphabet(codebook_size, exclude=''.join(text), letters=bool(chars)))
         self.itos = list(vocab)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.code_offset = len(self.itos) - codebook_size  # token id of code i is code_offset + i

@@ -70,7 +70,7 @@ def write_captions(model, codec, codes, batch_size=250):
         written = model.generate(prompts, steps, temperature=0, allowed=allowed)[:, prompts.size(1):]
         for row in written.tolist():
             text = codec.decode(row).split(PAD)[0]
-            out.append(text[:-1] if text.endswith(END) else text)
+            out.append(text[:-1] if text.endswith(END) else text[:codec.caption_length])  # unended: cut at the longest
     return out
 
 

@@ -14,11 +14,11 @@ measured anew: 'a thick slanted 7', tinyvlm/captions.py), else the class name.
 The data set is the one the tokenizer was trained on (vqvae.py --dataset=...). Writes to data_dir,
 per split (train, val, test): SPLIT.txt (one sequence per line), SPLIT.bin (uint16 token ids,
 block_size per sequence), SPLIT_codes.npy, SPLIT_labels.npy and SPLIT_tasks.npy (every sequence's image
-codes, class and task; SPLIT_captions.txt their captions, with the caption tasks), SPLIT_images.npy (the original images, which evaluation and the reference
-classifier use), code_features.npy, logo.png (how predictable each code position is per class), and
-last meta.json (data set, class names, vocabulary, format, and the SHA-256 of every file, so a
-half-rewritten folder is noticed). A failed run leaves an earlier data_dir as it was: every file is
-written under a temporary name and renamed in place at the end.
+codes, class and task; with the caption tasks, SPLIT_captions.txt their captions), SPLIT_images.npy (the
+original images, which evaluation and the reference classifier use), code_features.npy, logo.png (how
+predictable each code position is per class), and last meta.json (data set, class names, vocabulary,
+format, and the SHA-256 of every file, so a half-rewritten folder is noticed). A failed run leaves an
+earlier data_dir as it was: every file is written under a temporary name and renamed in place at the end.
 
     python prepare.py
     python prepare.py config/prepare_fashion.py
@@ -64,7 +64,8 @@ lead = tok.tokens_per_image - grid * grid if grid else 0  # codes of the whole i
 learnt = [t for t in TASKS if t in SINGLE or weights.get(t)]
 # the caption tasks: where the captions come from (a folder's own, measured, or class names)
 plan = caption_plan(info, *splits['train'][:2]) if any('{caption}' in TASKS[t] for t in learnt) else None
-longest, chars = caption_bounds(plan, info['classes'], [c for s in splits.values() for c in s[2] or []]) if plan else (0, '')
+own = [c for s in splits.values() for c in s[2] or []]  # a folder's own captions
+longest, chars = caption_bounds(plan, info['classes'], own) if plan else (0, '')
 # the single-image tasks are in every codec: their prompts read and draw (and guide) whatever the shares
 codec = Codec(info['classes'], info['key'], tok.codebook_size, tok.tokens_per_image, block_size, grid=grid, lead=lead,
               tasks=learnt, caption_length=longest, caption_chars=chars)

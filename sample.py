@@ -37,7 +37,8 @@ import torch
 from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model, run_checkpoints, trained_data_dir
 from tinyvlm.configurator import configure
-from tinyvlm.evaluation import addition_scores, caption_scores, knee, next_scores, quality, reading_scores, temperature_sweep, validity
+from tinyvlm.evaluation import (addition_scores, caption_scores, knee, next_scores, quality, reading_scores,
+                                temperature_sweep, validity)
 from tinyvlm.images import read_image_file, save_image_grid, save_png
 from tinyvlm.inference import (answer_next, complete_images, draw_captions, generate_images, kept_rows, kept_view,
                                mirrored, read_labels, read_sums, write_captions)
@@ -66,8 +67,8 @@ guidance = 1.5              # classifier-free guidance scale, against 'image:' w
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
 view_threshold = 0.95       # again moved one pixel each way (and mirrored where prepare.py's flip), views readings
                             # in all (1 = no second look)
-image = ''                  # classify, complete, add, next, caption: test indices ('7', '0,5,9', '0-99') or an image file (PNG,
-                            # JPEG, ...); add reads them in pairs
+image = ''                  # classify, complete, add, next, caption: test indices ('7', '0,5,9', '0-99') or an
+                            # image file (PNG, JPEG, ...); add reads them in pairs
 keep = 3                    # complete: rows of codes kept from each image (a 1D tokenizer's row is one token)
 save_npy = ''               # generate: also write the images (N, C, S, S) in [0, 1] here, labels beside
 png_dir = ''                # generate: also write each image as its own PNG file in this folder ...
@@ -136,7 +137,7 @@ def generate(model, ck, codec, tok, ys, prompt, num_samples, sampling, generator
     if prompt:
         if 'illustration' not in codec.tasks:
             raise Error("--prompt: this run was not trained on captions (prepare.py's shares give illustration none)")
-        ys, names = [None] * num_samples, [prompt.strip()]
+        names = [prompt.strip()]
         images, codes = draw_captions(model, codec, tok, [prompt] * num_samples, generator, **sampling)
         texts = [codec.text('illustration', codes=c.tolist(), caption=prompt) for c in codes]
     else:
@@ -156,6 +157,9 @@ def generate(model, ck, codec, tok, ys, prompt, num_samples, sampling, generator
         print(f"saved {len(images)} PNG files of {png_size or images.size(-1)} pixels square in {png_dir}")
     if save_npy:
         write_npy(save_npy, images.numpy().astype(np.float32))
+        if prompt:  # no class to write beside them
+            print(f"saved {save_npy}")
+            return
         labels_path = save_npy[:-4] + '_labels.npy' if save_npy.endswith('.npy') else save_npy + '_labels.npy'
         write_npy(labels_path, np.array(ys, dtype=np.int64))
         print(f"saved {save_npy} and {labels_path}")
@@ -320,16 +324,19 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
                                 test_images[:n], test_labels[:n], test_codes[:n], meta['captions'], sampling,
                                 seed + 5))
         if 'illustration' in learnt:
-            print(f"captions -> images: {n} test captions drawn, read as the class captioned {q['caption_fidelity']:.4f} "
-                  f"\u00b1 {q['caption_fidelity_stderr']:.4f}" + ('; style words obeyed (strictly; the reconstructions): '
-                  + ', '.join(f"{w} {r['obeyed']:.3f} ({r['strict']:.3f}; {q['style_obeyed_reconstructions'][w]['obeyed']:.3f})"
-                              for w, r in q['style_obeyed'].items()) if 'style_obeyed' in q else ''))
+            obeyed = q.get('style_obeyed', {})
+            ceiling = q.get('style_obeyed_reconstructions', {})
+            print(f"captions -> images: {n} test captions drawn, read as the class captioned "
+                  f"{q['caption_fidelity']:.4f} \u00b1 {q['caption_fidelity_stderr']:.4f}"
+                  + ('; style words obeyed (strictly; the reconstructions): ' if obeyed else '')
+                  + ', '.join(f"{w} {r['obeyed']:.3f} ({r['strict']:.3f}; {ceiling[w]['obeyed']:.3f})"
+                              for w, r in obeyed.items()))
         if 'captioning' in learnt:
+            words, ceiling = q.get('caption_words', {}), q.get('caption_words_reconstructions', {})
             print(f"images -> captions: {n} test images, caption exactly right {q['caption_exact']:.4f}"
-                  + (f", class {q['caption_class']:.4f}, words (the reconstructions') " + ', '.join(
-                      f"{k} {v:.3f} ({q['caption_words_reconstructions'][k]:.3f})" for k, v in q['caption_words'].items())
-                     if 'caption_words' in q else '') + "; e.g. " + '; '.join(f"{e['written']!r} ({e['true']!r})"
-                                                                              for e in q['caption_examples'][:3]))
+                  + (f", class {q['caption_class']:.4f}, words (the reconstructions') " if words else '')
+                  + ', '.join(f"{k} {v:.3f} ({ceiling[k]:.3f})" for k, v in words.items()) + "; e.g. "
+                  + '; '.join(f"{e['written']!r} ({e['true']!r})" for e in q['caption_examples'][:3]))
     write_json(os.path.join(out_dir, 'eval.json'), dict(
         out_dir=out_dir, data_dir=data_dir, dataset=info['title'], classes=classes, tokenizer=meta['tokenizer'],
         tokens_per_image=codec.tokens_per_image, codebook_size=codec.codebook_size, tasks=sorted(learnt), quality=q,
@@ -362,9 +369,9 @@ meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
 tok = check_tokenizer(meta, data_dir).to(device)
 auto = temperature == -1
-if auto and mode != 'eval':
+if auto and mode in ('generate', 'complete', 'next', 'serve'):  # the modes that draw
     temperature = chosen_temperature(out_dir)
-sampling = dict(temperature=UNSWEPT if auto and mode == 'eval' else temperature, top_k=top_k, guidance=guidance,
+sampling = dict(temperature=UNSWEPT if temperature == -1 else temperature, top_k=top_k, guidance=guidance,
                 batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':

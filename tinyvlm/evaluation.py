@@ -85,7 +85,8 @@ def caption_scores(model, codec, tok, cnn, learnt, captions, images, labels, cod
     if 'captioning' in learnt:
         written = write_captions(model, codec, codes.to(device), sampling['batch_size'])
         exact = sum(w == c for w, c in zip(written, captions)) / len(captions)
-        out.update(captioned=len(captions), caption_exact=exact, caption_exact_stderr=math.sqrt(exact * (1 - exact) / len(captions)),
+        out.update(captioned=len(captions), caption_exact=exact,
+                   caption_exact_stderr=math.sqrt(exact * (1 - exact) / len(captions)),
                    caption_examples=[dict(true=c, written=w) for c, w in list(zip(captions, written))[:8]])
         if style:
             kind = style['kind']

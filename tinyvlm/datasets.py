@@ -12,7 +12,8 @@ downloaded from the public mirrors; checked against the SHA-256 of their decompr
 cached in data/NAME/. Their splits are as published: train[:50000] trains, train[50000:] validates,
 test is held out. A folder is split 80/10/10 per class by a fixed seed unless it has its own splits.
 
-load_dataset returns the splits as uint8 arrays (N, C, H, W) with int64 labels, and `info`: a small
+load_dataset returns the splits as uint8 arrays (N, C, H, W) with int64 labels (and a folder's own
+captions, tinyvlm/captions.py), and `info`: a small
 JSON dict that travels in the tokenizer checkpoint and in meta.json, so that later scripts load the
 same data, show the same class names and prepare a new image file the same way.
 """
@@ -141,9 +142,10 @@ def load_idx(name, idx_dir=''):
 
 
 def idx_splits(name, idx_dir=''):
-    """{'train', 'val', 'test'} -> (images uint8 (N, 1, 28, 28), labels int64 (N,))."""
+    """{'train', 'val', 'test'} -> (images uint8 (N, 1, 28, 28), labels int64 (N,), None: no captions of
+    their own)."""
     m = load_idx(name, idx_dir)
-    to = lambda im, lb: (im[:, None].copy(), lb.astype(np.int64), None)  # no captions of their own
+    to = lambda im, lb: (im[:, None].copy(), lb.astype(np.int64), None)
     return {'train': to(m['train_images'][:N_TRAIN], m['train_labels'][:N_TRAIN]),
             'val': to(m['train_images'][N_TRAIN:], m['train_labels'][N_TRAIN:]),
             'test': to(m['test_images'], m['test_labels'])}
@@ -279,9 +281,10 @@ def folder_splits(root, image_size=0):
 # any data set
 
 def load_dataset(dataset, idx_dir='', image_size=0, quiet=False):
-    """-> ({'train', 'val', 'test'}: (images uint8 (N, C, S, S), labels int64 (N,))), info). info: the
-    data set as later scripts need it (its name, class names, the sequences' label key, image size and
-    channels, how an image file is prepared, where it came from, and a fingerprint of the images)."""
+    """-> ({'train', 'val', 'test'}: (images uint8 (N, C, S, S), labels int64 (N,), captions or None)),
+    info). info: the data set as later scripts need it (its name, class names, the sequences' label key,
+    image size and channels, how an image file is prepared, where its captions come from, where it came
+    from, and a fingerprint of the images)."""
     if dataset in IDX_SETS:
         if image_size not in (0, 28):
             raise Error(f"{IDX_SETS[dataset]['title']} images are 28x28; image_size must be 0 (their own) "

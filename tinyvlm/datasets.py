@@ -13,9 +13,9 @@ cached in data/NAME/. Their splits are as published: train[:50000] trains, train
 test is held out. A folder is split 80/10/10 per class by a fixed seed unless it has its own splits.
 
 load_dataset returns the splits as uint8 arrays (N, C, H, W) with int64 labels (and a folder's own
-captions, tinyvlm/captions.py), and `info`: a small
-JSON dict that travels in the tokenizer checkpoint and in meta.json, so that later scripts load the
-same data, show the same class names and prepare a new image file the same way.
+captions, tinyvlm/captions.py), and `info`: a small JSON dict that travels in the tokenizer checkpoint
+and in meta.json, so that later scripts load the same data, show the same class names and prepare a
+new image file the same way.
 """
 import gzip
 import hashlib

@@ -135,8 +135,7 @@ def generate(model, ck, codec, tok, ys, prompt, num_samples, sampling, generator
     """ys: the classes to draw (or prompt, a caption), num_samples images each -> a grid, printed token
     strings, and optionally PNG files (png_size pixels square, 0: as drawn) and a .npy file."""
     if prompt:
-        if 'illustration' not in codec.tasks:
-            raise Error("--prompt: this run was not trained on captions (prepare.py's shares give illustration none)")
+        codec.learnt('illustration', use='--prompt')
         names = [prompt.strip()]
         images, codes = draw_captions(model, codec, tok, [prompt] * num_samples, generator, **sampling)
         texts = [codec.text('illustration', codes=c.tolist(), caption=prompt) for c in codes]
@@ -387,8 +386,7 @@ else:
     elif mode == 'classify':
         classify(model, codec, tok, *inputs(image, mode, meta, data_dir, out_dir), reading)
     elif mode == 'caption':
-        if 'captioning' not in codec.tasks:
-            raise Error(f"--mode=caption: {out_dir} was not trained on captioning (prepare.py's shares give it none)")
+        codec.learnt('captioning', use='--mode=caption')
         x, truth, names = inputs(image, mode, meta, data_dir, out_dir)
         if truth[0] is None:  # image files: no caption to compare with
             caption(model, codec, tok, x, names, [None] * len(x))
@@ -396,11 +394,7 @@ else:
             known = load_captions(data_dir, 'test', meta)
             caption(model, codec, tok, x, names, [known[i] for i in parse_indices(image, len(known))])
     elif mode in ('add', 'next'):
-        tasks = ['addition', 'worked_addition'] if mode == 'add' else ['next']
-        task = next((t for t in tasks if meta['shares'].get(t)), None)
-        if task is None:
-            raise Error(f"--mode={mode}: {out_dir} was not trained on {' or '.join(tasks)} (prepare.py's shares give "
-                        f"{'them' if len(tasks) > 1 else 'it'} none)")
+        task = codec.learnt(*(['addition', 'worked_addition'] if mode == 'add' else ['next']), use=f'--mode={mode}')
         x, truth, names = inputs(image, mode, meta, data_dir, out_dir)
         if mode == 'add':
             add(model, codec, tok, task, x, truth, names, batch_size)

@@ -98,6 +98,7 @@ def test_a_folders_own_captions(tmp_path):
     ('metadata.jsonl', '{"file_name": "cat/1.png", "text": "a #1"}\n', "line 1: a caption cannot hold '#'"),
     ('metadata.csv', 'file_name,text\ncat/1.png,a cat\ncat/2.png\n', 'line 3: expected a file_name and a text'),
     ('metadata.csv', 'name,caption\ncat/1.png,a cat\n', 'line 2: expected a file_name and a text'),
+    ('metadata.csv', 'file_name,text\ncat/1.png,' + 'long ' * 60 + '\n', 'line 2: a caption is at most 256 characters'),
 ])
 def test_bad_metadata_is_one_line(tmp_path, name, text, message):
     root = make_folder(tmp_path / 'set', ['cat', 'dog'], n=4)
@@ -114,6 +115,10 @@ def test_both_metadata_files_are_one_too_many(tmp_path):
     with pytest.raises(Error, match='both metadata.jsonl and metadata.csv'):
         read_metadata(str(root))
     assert check_caption(' a\tcaption ', 'x') == 'a caption'
+    (root / 'metadata.jsonl').unlink()
+    (root / 'metadata.csv').write_bytes('file_name,text\ncat/1.png,un café\n'.encode('latin-1'))
+    with pytest.raises(Error, match='metadata.csv is not UTF-8 text'):
+        read_metadata(str(root))
 
 
 def test_what_prepare_writes():

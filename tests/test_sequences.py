@@ -202,6 +202,9 @@ def test_captions_round_trip():
             codec.tokens('illustration', caption=bad, upto='image')
     with pytest.raises(Error, match='not trained on captions'):
         Codec(DIGITS, 'number', 26, 8).caption_ids('a 7')
+    assert codec.learnt('addition', 'worked_addition', use='x') == 'addition'
+    with pytest.raises(Error, match=r"--mode=add: this model was not trained on addition or worked_addition \(.*them none"):
+        Codec(DIGITS, 'number', 26, 8).learnt('addition', 'worked_addition', use='--mode=add')
     with pytest.raises(Error, match='needs caption_length'):
         Codec(DIGITS, 'number', 26, 8, tasks=['captioning'])
 

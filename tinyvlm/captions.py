@@ -29,6 +29,7 @@ STYLES = {
     'shapes': {'size': ('small', 'large'), 'ink': ('light', 'dark')},
 }
 INK = 0.5  # a pixel is ink (of the digit, of the garment) above this
+MAX_CAPTION = 256  # characters: every sequence is padded to the longest, so a page of text would cost every row
 
 
 def style_kind(info):
@@ -213,6 +214,8 @@ def check_caption(text, where):
     if not isinstance(text, str) or not text.strip():
         raise Error(f"{where}: a caption must be non-empty text, got {text!r}")
     text = unicodedata.normalize('NFC', ' '.join(text.split()))
+    if len(text) > MAX_CAPTION:
+        raise Error(f"{where}: a caption is at most {MAX_CAPTION} characters, got {len(text)}")
     if '#' in text or any(unicodedata.category(c).startswith('C') for c in text):
         raise Error(f"{where}: a caption cannot hold '#' or control characters (they are part of the sequence "
                     f"format), got {text[:40]!r}")
@@ -226,27 +229,30 @@ def read_metadata(folder):
     jsonl, csv_path = os.path.join(folder, 'metadata.jsonl'), os.path.join(folder, 'metadata.csv')
     if os.path.isfile(jsonl) and os.path.isfile(csv_path):
         raise Error(f"{folder} has both metadata.jsonl and metadata.csv: keep one")
-    if os.path.isfile(jsonl):
-        path, rows = jsonl, []
-        with open(jsonl, encoding='utf-8') as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+    try:
+        if os.path.isfile(jsonl):
+            path, rows = jsonl, []
+            with open(jsonl, encoding='utf-8') as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        raise Error(f"{jsonl} line {n} is not JSON ({e.msg}): expected "
+                                    '{"file_name": "cat/1.png", "text": "a caption"}')
+                    rows.append((n, row))
+        elif os.path.isfile(csv_path):
+            path = csv_path
+            with open(csv_path, encoding='utf-8', newline='') as f:
                 try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise Error(f"{jsonl} line {n} is not JSON ({e.msg}): expected "
-                                '{"file_name": "cat/1.png", "text": "a caption"}')
-                rows.append((n, row))
-    elif os.path.isfile(csv_path):
-        path = csv_path
-        with open(csv_path, encoding='utf-8', newline='') as f:
-            try:
-                rows = [(n + 2, row) for n, row in enumerate(csv.DictReader(f))]
-            except csv.Error as e:
-                raise Error(f"{csv_path} is not CSV ({e}): expected a header file_name,text and one row per image")
-    else:
-        return {}
+                    rows = [(n + 2, row) for n, row in enumerate(csv.DictReader(f))]
+                except csv.Error as e:
+                    raise Error(f"{csv_path} is not CSV ({e}): expected a header file_name,text and one row per image")
+        else:
+            return {}
+    except UnicodeDecodeError as e:
+        raise Error(f"{jsonl if os.path.isfile(jsonl) else csv_path} is not UTF-8 text (byte {e.start}): save it as UTF-8")
     out = {}
     for n, row in rows:
         if not isinstance(row, dict) or not isinstance(row.get('file_name'), str) or row.get('text') is None:

@@ -183,6 +183,14 @@ class Codec:
             parts = list(parts[0])
         return [self.label(p) for p in parts]
 
+    def learnt(self, *tasks, use):
+        """The first of tasks this codec's model learnt, or an Error that says use needs one of them."""
+        task = next((t for t in tasks if t in self.tasks), None)
+        if task is None:
+            raise Error(f"{use}: this model was not trained on {' or '.join(tasks)} (prepare.py's shares give "
+                        f"{'them' if len(tasks) > 1 else 'it'} none)")
+        return task
+
     def caption_ids(self, text):
         """A caption's token ids, one per character (its spaces folded as captions.check_caption folds
         them); an Error for one the model cannot take."""

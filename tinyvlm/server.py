@@ -146,8 +146,7 @@ class Page:
         """Images of a class (label), or of a caption (prompt)."""
         codec, prompt = self.codec, request.get('prompt')
         if prompt is not None:
-            if 'illustration' not in codec.tasks:
-                raise Error("prompt: this model was not trained on captions (prepare.py's shares give illustration none)")
+            codec.learnt('illustration', use='prompt')
             if not isinstance(prompt, str):
                 raise Error(f"prompt must be text, like 'a thick 7', got {str(prompt)[:40]!r}")
             codec.caption_ids(prompt)  # a bad prompt is the client's error, before any work

@@ -32,7 +32,7 @@ from tinyvlm.gpt import GPT, GPTConfig
 from tinyvlm.inference import reading_probe
 from tinyvlm.plumbing import autocast, lock_folder, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import check_data, data_signature, load_array, load_meta, load_split
-from tinyvlm.sequences import PAD, Codec, answer_targets, free_text, training_pairs
+from tinyvlm.sequences import PAD, Codec, answer_targets, free_text, length_groups, training_pairs
 
 start_script()  # errors the user can fix end in one line
 
@@ -285,15 +285,20 @@ while True:
         for param_group in opt.param_groups:
             param_group['lr'] = lr
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:  # sync gradients on the last micro-step only
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        with ctx:
-            weights = None if label_weight == 1 else 1 + (label_weight - 1) * M
-            _, loss = model(X, Y, weights=weights)
-            loss = loss / gradient_accumulation_steps
-        last = micro_step == gradient_accumulation_steps - 1  # prefetch the next micro-step's while the GPU works
-        X, Y, M = get_batch('train', *((iter_num + 1, 0) if last else (iter_num, micro_step + 1)))
-        scaler.scale(loss).backward()
+        last = micro_step == gradient_accumulation_steps - 1
+        batch = X, Y, torch.where(Y != -1, 1 + (label_weight - 1) * M.float(), 0.0)  # each target's weight in the loss
+        groups = length_groups(Y)
+        X, Y, M = get_batch('train', *((iter_num + 1, 0) if last else (iter_num, micro_step + 1)))  # prefetch
+        loss = 0.0
+        for g, (rows, width) in enumerate(groups):
+            if ddp:  # sync gradients on the last micro-step's last group only
+                model.require_backward_grad_sync = last and g == len(groups) - 1
+            x, y, w = (t[rows, :width] for t in batch)
+            with ctx:
+                _, part = model(x, y, weights=w)
+                part = part * (w.sum() / batch[2].sum() / gradient_accumulation_steps)  # the groups add up to the mean
+            scaler.scale(part).backward()
+            loss += part.detach()
     if grad_clip != 0.0:
         for opt in optimizers:
             scaler.unscale_(opt)

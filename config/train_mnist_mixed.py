@@ -3,4 +3,8 @@
 # python train.py config/train_mnist_mixed.py
 data_dir = 'data/mixed'
 out_dir = 'out/mixed'
-eval_interval = 600  # each checkpoint costs sample.py a reading of the test set and its sums
+# one long cosine: seven tasks, two of them of two images, are still being learnt where the default's cycles would restart
+max_iters = 2800
+lr_decay_iters = 2800
+cycles = 1
+eval_interval = 1400  # each checkpoint costs sample.py a reading of the test set and its sums

@@ -9,8 +9,9 @@ import torch
 from make_data import DIGITS, mnist_codec
 from tinyvlm import Error
 from tinyvlm.datasets import IDX_SETS
-from tinyvlm.sequences import (PAD, TASKS, Codec, answer_targets, code_alphabet, free_text, second_images,
-                               training_pairs)
+from tinyvlm.gpt import GPT, GPTConfig
+from tinyvlm.sequences import (PAD, TASKS, Codec, answer_targets, code_alphabet, free_text, length_groups,
+                               second_images, training_pairs)
 
 FASHION = IDX_SETS['fashion']['classes']
 
@@ -108,6 +109,43 @@ def test_training_pairs_start_at_sequence_starts():
     for line, x, y, ids in zip(lines, X, Y, seqs):
         assert codec.decode(x) == line[:line.index('.')]  # every row is one whole sequence from its start
         assert torch.equal(y, ids[1:12]) and codec.decode(y).endswith('.')
+
+
+def test_length_groups_crop_padding_and_keep_the_gradient():
+    """A batch that mixes sequences of one image and of two runs as groups of rows of similar length, each
+    cropped to its longest: the fewest tokens, each group charged batch tokens / 32; the groups' weighted
+    losses add up to the whole batch's loss and gradient."""
+    codec = Codec(DIGITS, 'number', 26, 8, tasks=['generation', 'classification', 'addition', 'next'])
+    rng = np.random.default_rng(0)
+    tasks = rng.integers(0, 4, 64)
+    rows = [codec.line(list(codec.tasks)[t], int(rng.integers(10)), rng.integers(0, 26, 8),
+                       *((int(rng.integers(10)), rng.integers(0, 26, 8)) if t > 1 else ()))[1] for t in tasks]
+    X, Y = training_pairs(torch.tensor(rows), codec.stoi[PAD])
+    groups = length_groups(Y)
+    assert sorted(torch.cat([r for r, _ in groups]).tolist()) == list(range(64))
+    lengths = ((Y != -1) * torch.arange(1, Y.size(1) + 1)).amax(1)
+    assert [w for _, w in groups] == sorted(set(lengths.tolist()))  # one image: 11 targets, two: 20
+    assert all((lengths[r] == w).all() for r, w in groups)
+    assert length_groups(Y[tasks < 2])[0][1] == 11 and len(length_groups(Y[tasks < 2])) == 1
+    # the charge: a group of 2 rows 2 tokens shorter saves 4 tokens, less than 64 * 12 / 32
+    Z = torch.full((64, 12), 1)
+    Z[:2, 10:] = -1
+    assert len(length_groups(Z)) == 1
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=codec.block_size, vocab_size=codec.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    W = torch.where(Y != -1, 1 + 9 * torch.rand(Y.shape), 0.0)
+    loss = model(X, Y, weights=W)[1]
+    loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    total = 0
+    for r, w in groups:
+        part = model(X[r, :w], Y[r, :w], weights=W[r, :w])[1] * (W[r, :w].sum() / W.sum())
+        part.backward()
+        total += part.item()
+    assert total == pytest.approx(loss.item(), rel=1e-5)
+    for p, g in zip(model.parameters(), expected):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7)
 
 
 def test_answer_targets_come_from_the_tasks():

@@ -37,25 +37,33 @@ def style_kind(info):
     return 'strokes' if info.get('dataset') == 'mnist' else 'shapes'
 
 
+def _thinning_tables():
+    """Zhang & Suen's two sub-iterations as tables over the 256 neighbourhoods of a pixel (P2..P9, bit i
+    the (i+2)th neighbour): whether an ink pixel with that neighbourhood is removed."""
+    ring = (torch.arange(256)[:, None] >> torch.arange(8)) & 1  # P2..P9 of each neighbourhood
+    b = ring.sum(1)
+    a = sum((ring[:, i] == 0) & (ring[:, (i + 1) % 8] == 1) for i in range(8))
+    p2, p4, p6, p8 = ring[:, 0], ring[:, 2], ring[:, 4], ring[:, 6]
+    keep = (b >= 2) & (b <= 6) & (a == 1)
+    return (keep & (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0),
+            keep & (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0))
+
+
+THINNING = _thinning_tables()
+
+
 def _skeleton(ink):
     """Zhang & Suen's thinning (1984) of bool images (N, H, W), all at once: the one-pixel-wide
     skeleton whose length measures a stroke."""
     x = ink.clone()
+    h, w = x.shape[1:]
     for _ in range(64):
         changed = False
-        for step in (0, 1):
+        for table in THINNING:
             p = torch.nn.functional.pad(x, (1, 1, 1, 1)).to(torch.uint8)
-            h, w = x.shape[1:]
-            n = lambda dy, dx: p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-            ring = [n(-1, 0), n(-1, 1), n(0, 1), n(1, 1), n(1, 0), n(1, -1), n(0, -1), n(-1, -1)]  # P2..P9
-            b = sum(ring)
-            a = sum(((ring[i] == 0) & (ring[(i + 1) % 8] == 1)).to(torch.uint8) for i in range(8))
-            p2, p4, p6, p8 = ring[0], ring[2], ring[4], ring[6]
-            if step == 0:
-                c = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
-            else:
-                c = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
-            drop = x & (b >= 2) & (b <= 6) & (a == 1) & c
+            ring = [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)]  # P2..P9 as (dx, dy)
+            code = sum(p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] << i for i, (dx, dy) in enumerate(ring))
+            drop = x & table[code.int()]  # as an index, not a mask
             if drop.any():
                 x = x & ~drop
                 changed = True

@@ -5,6 +5,7 @@ codes of an image -> the rest). Generation is constrained by the sequence gramma
 """
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tinyvlm import Error
 from tinyvlm.images import shifted
@@ -107,18 +108,26 @@ def sum_probe(codec, codes, labels, seed, device='cpu'):
 def read_sums(model, codec, task, codes, codes2, batch_size=250):
     """The sum of each pair of images (codes, codes2: (N, T)) in an addition task: 'addition' reads it
     after 'image:A plus image:B, sum:'; 'worked_addition' first names each digit (its most likely), then
-    the sum after them. -> the probabilities of the sums (N, len(codec.sums)), and the digits named
-    (N, 2) (None for 'addition')."""
+    the sum after them, each prompt extending the last through a key/value cache. -> the probabilities
+    of the sums (N, len(codec.sums)), and the digits named (N, 2) (None for 'addition')."""
     device = next(model.parameters()).device
-    probe = lambda field, **given: model.next_token_probs(codec.prompts(task, field, codes=codes, codes2=codes2,
-                                                                        device=device, **given),
-                                                          codec.sum_ids if field == 'sum' else codec.label_ids,
-                                                          batch_size)
     if task == 'addition':
-        return probe('sum'), None
-    a = probe('label').argmax(1).tolist()
-    b = probe('label2', labels=a).argmax(1).tolist()
-    return probe('sum', labels=a, labels2=b), torch.tensor([a, b]).T
+        return model.next_token_probs(codec.prompts(task, 'sum', codes=codes, codes2=codes2, device=device),
+                                      codec.sum_ids, batch_size), None
+    sums, digits = [], []
+    for i in range(0, len(codes), batch_size):
+        a, b = codes[i:i + batch_size], codes2[i:i + batch_size]
+        cache, seen, named = [[None, None] for _ in range(model.config.n_layer)], 0, {}
+        for field, answers in (('label', codec.label_ids), ('label2', codec.label_ids), ('sum', codec.sum_ids)):
+            prompt = codec.prompts(task, field, codes=a, codes2=b, device=device, **named)
+            logits, _ = model(prompt[:, seen:], kv_cache=cache)  # the tokens since the last answer
+            seen = prompt.size(1)
+            probs = F.softmax(logits[:, -1, answers].float(), dim=-1)
+            if field != 'sum':
+                named['labels' if field == 'label' else 'labels2'] = probs.argmax(1).tolist()
+        sums.append(probs)
+        digits.append(torch.tensor([named['labels'], named['labels2']]).T)
+    return torch.cat(sums), torch.cat(digits)
 
 
 def reading_probe(codec, shares, codes, labels, seed, device='cpu'):

@@ -111,6 +111,9 @@ def inputs(image, mode, meta, data_dir, out_dir):
         raise Error(f"{mode} needs --image=INDICES (test images) or --image=FILE")
     if os.path.exists(image) or not re.fullmatch(r'[\d,\s-]+', image):
         files = [image] if os.path.exists(image) else [f.strip() for f in image.split(',')]
+        mixed = [f for f in files if re.fullmatch(r'[\d\s-]+', f) and not os.path.exists(f)]
+        if mixed:
+            raise Error(f"image must be test indices ('0-9') or image files, not both: {mixed[0]!r} is not a file in {image!r}")
         x = torch.stack([torch.from_numpy(read_image_file(f, meta['dataset'])) for f in files])
         seen = os.path.join(out_dir, f'{mode}_input.png')
         if len(x) > 1:

@@ -303,6 +303,7 @@ def test_clear_errors(work, tmp_path):
         (('--mode=classify', '--image=noise.png'), 'cannot read image noise.png'),
         (('--mode=classify', '--image=99999'), 'test indices must be 0..9999'),
         (('--mode=classify', '--image=missing.png'), 'image file missing.png not found'),
+        (('--mode=classify', '--image=0,missing.png'), "test indices ('0-9') or image files, not both: '0' is not"),
         (('--mode=fly',), "mode='fly' is not allowed: mode must be one of 'eval', 'generate', 'classify'"),
     ]:
         assert message in error_line(run_script('sample.py', '--out_dir=out/err', *args, cwd=work, check=False)), args

@@ -296,7 +296,9 @@ while True:
             x, y, w = (t[rows, :width] for t in batch)
             with ctx:
                 _, part = model(x, y, weights=w)
-                part = part * (w.sum() / batch[2].sum() / gradient_accumulation_steps)  # the groups add up to the mean
+                if len(groups) > 1:  # each group's mean weighted by its share: they add up to the batch's
+                    part = part * (w.sum() / batch[2].sum())
+                part = part / gradient_accumulation_steps
             scaler.scale(part).backward()
             loss += part.detach()
     if grad_clip != 0.0:

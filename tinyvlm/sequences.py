@@ -345,7 +345,7 @@ def length_groups(Y):
     gradients add up to the whole batch's. The cuts are those that leave the fewest tokens, each group
     charged batch tokens / 32 more, as it costs a forward and backward pass of its own."""
     n, T = Y.shape
-    lengths, order = ((Y != -1) * torch.arange(1, T + 1, device=Y.device)).amax(1).sort()
+    lengths, order = ((Y != -1) * torch.arange(1, T + 1, device=Y.device)).amax(1).sort(stable=True)  # one group: as drawn
     L = lengths.cpu()
     cut = torch.nonzero(L[1:] != L[:-1]).flatten() + 1  # where a group may start: where the length changes
     charge = n * L[-1] / 32

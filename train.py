@@ -199,7 +199,9 @@ if compile:
     print("compiling the model...")
     model = torch.compile(model)
 if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+    # no buffers to broadcast (code_features is the same file everywhere): a forward is then no collective,
+    # so processes may run their batches as different numbers of length groups
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
 if master:
     os.makedirs(out_dir, exist_ok=True)
     tokens_per_iter = batch_size * data['train'][0].size(1)

@@ -50,6 +50,7 @@ def _thinning_tables():
 
 
 THINNING = _thinning_tables()
+RING = [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)]  # P2..P9 as (dx, dy)
 
 
 def _skeleton(ink):
@@ -61,8 +62,7 @@ def _skeleton(ink):
         changed = False
         for table in THINNING:
             p = torch.nn.functional.pad(x, (1, 1, 1, 1)).to(torch.uint8)
-            ring = [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)]  # P2..P9 as (dx, dy)
-            code = sum(p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] << i for i, (dx, dy) in enumerate(ring))
+            code = sum(p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] << i for i, (dx, dy) in enumerate(RING))
             drop = x & table[code.int()]  # as an index, not a mask
             if drop.any():
                 x = x & ~drop

@@ -346,19 +346,15 @@ def length_groups(Y):
     charged batch tokens / 32 more, as it costs a forward and backward pass of its own."""
     n, T = Y.shape
     lengths, order = ((Y != -1) * torch.arange(1, T + 1, device=Y.device)).amax(1).sort(stable=True)  # one group: as drawn
-    L = lengths.cpu()
-    cut = torch.nonzero(L[1:] != L[:-1]).flatten() + 1  # where a group may start: where the length changes
-    charge = n * L[-1] / 32
-    before = cut * L[cut - 1]  # tokens of the rows before each cut, cropped to the longest of them
-    one = before + (n - cut) * L[-1] + charge
-    two = before[:, None] + (cut[None] - cut[:, None]) * L[cut - 1][None] + (n - cut[None]) * L[-1] + 2 * charge
-    two = torch.where(cut[:, None] < cut[None], two, torch.inf)
-    costs = [n * L[-1], one.min() if len(cut) else torch.inf, two.min() if len(cut) > 1 else torch.inf]
-    best = min(range(3), key=lambda k: float(costs[k]))
-    cuts = [] if best == 0 else [int(cut[one.argmin()])] if best == 1 else \
-        [int(cut[k]) for k in divmod(int(two.argmin()), len(cut))]
-    edges = [0, *cuts, n]
-    return [(order[a:b], int(L[b - 1])) for a, b in zip(edges, edges[1:])]
+    L = lengths.tolist()
+    starts = [k for k in range(1, n) if L[k] != L[k - 1]]  # a group may start where the length changes
+
+    def cost(cuts):
+        edges = [0, *cuts, n]
+        return sum((b - a) * L[b - 1] for a, b in zip(edges, edges[1:])) + len(cuts) * n * L[-1] / 32
+    options = [()] + [(a,) for a in starts] + [(a, b) for a in starts for b in starts if a < b]
+    edges = [0, *min(options, key=cost), n]
+    return [(order[a:b], L[b - 1]) for a, b in zip(edges, edges[1:])]
 
 
 def free_text(codec, tasks):

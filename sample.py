@@ -45,7 +45,7 @@ from tinyvlm.inference import (answer_next, complete_images, draw_captions, gene
 from tinyvlm.plots import plot_accuracy, plot_sweep
 from tinyvlm.plumbing import Progress, pick_device, pick_dtype, safe_name, start_script, write_json, write_npy
 from tinyvlm.prepared import load_captions, load_images, load_meta, load_split
-from tinyvlm.reference import reference_classifier
+from tinyvlm.reference import reference_classifier, shipped_or_trained
 from tinyvlm.sequences import Codec
 from tinyvlm.server import Page, serve
 
@@ -74,7 +74,8 @@ save_npy = ''               # generate: also write the images (N, C, S, S) in [0
 png_dir = ''                # generate: also write each image as its own PNG file in this folder ...
 png_size = 0                # ... this many pixels square (0 = the data set's image size)
 batch_size = 250            # images per forward pass (a CPU reads small batches faster: they stay in cache)
-reference = ''              # eval: the reference classifier; '' = out/reference_NAME.pt, trained there on first use
+reference = ''              # eval: the reference classifier; '' = assets/reference_NAME.pt where it learned these images
+                            # (MNIST, Fashion-MNIST), else out/reference_NAME.pt, trained there on first use
 caption_images = 2000       # eval: test images whose captions are drawn and written (caption tasks)
 fidelity_samples = 0        # eval: images generated per class for fidelity and Frechet distance; 0 = as many as the
                             # test split holds of it (a Frechet distance is biased by the sizes of its two sets)
@@ -196,14 +197,15 @@ def complete(model, codec, tok, x, truth, names, label, keep, num_samples, sampl
               + f": the model names its completions {', '.join(said)}")
 
 
-def add(model, codec, tok, task, x, truth, names, batch_size):
+def add(model, codec, tok, task, x, truth, names, reading):
     """Print the sum the model reads of each pair of images (the first and second, the third and
     fourth, ...) in an addition task, the digits it names first where it shows its work, and the most
     likely sums."""
     if len(x) % 2:
         raise Error(f"add reads images in pairs: give an even number of them, not {len(x)}")
-    codes = tok.encode(x.to(next(model.parameters()).device))
-    probs, digits = read_sums(model, codec, task, codes[0::2], codes[1::2], batch_size)
+    x = x.to(next(model.parameters()).device)
+    codes = tok.encode(x)
+    probs, digits = read_sums(model, codec, tok, task, codes[0::2], codes[1::2], x[0::2], x[1::2], **reading)
     for i, p in enumerate(probs.cpu()):
         a, b = truth[2 * i], truth[2 * i + 1]
         top = torch.argsort(p, descending=True)[:3].tolist()
@@ -248,7 +250,7 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
     learnt = {t for t, w in meta['shares'].items() if w}
     test_codes = load_split(data_dir, 'test', meta)[1]
     test_images, test_labels = (t.to(device) for t in load_images(data_dir, 'test', meta))
-    ref_path = reference or os.path.join('out', f"reference_{safe_name(info['name'])}.pt")
+    ref_path = reference or shipped_or_trained(meta)
     cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
     swept = None
     if temperatures and 'generation' in learnt:
@@ -283,7 +285,7 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
                         "most confused (true->predicted): "
                         + ', '.join(f"{p['true']}->{p['predicted']} {p['count']}" for p in r['confusion_pairs'][:3]))
         for task in sorted(learnt & {'addition', 'worked_addition'}):
-            s = addition_scores(model, codec, task, test_codes, test_labels, seed + 3, reading['batch_size'])
+            s = addition_scores(model, codec, tok, task, test_codes, test_images, test_labels, seed + 3, reading)
             r.update(s)
             key = 'sum' if task == 'addition' else 'worked_sum'
             said.append(f"{'sums' if task == 'addition' else 'worked sums'} of {s[key + '_pairs']} test pairs "
@@ -400,7 +402,7 @@ else:
         task = codec.learnt(*(['addition', 'worked_addition'] if mode == 'add' else ['next']), use=f'--mode={mode}')
         x, truth, names = inputs(image, mode, meta, data_dir, out_dir)
         if mode == 'add':
-            add(model, codec, tok, task, x, truth, names, batch_size)
+            add(model, codec, tok, task, x, truth, names, reading)
         else:
             draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out_dir)
     elif mode == 'complete':

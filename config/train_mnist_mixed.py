@@ -5,7 +5,7 @@ data_dir = 'data/mixed'
 out_dir = 'out/mixed'
 # one long cosine (docs/experiments.md): seven tasks, two of them of two images, are still being learnt
 # where the default's cycles would restart
-max_iters = 2400
-lr_decay_iters = 2400
+max_iters = 2000
+lr_decay_iters = 2000
 cycles = 1
-eval_interval = 1200  # each checkpoint costs sample.py a reading of the test set and its sums
+eval_interval = 1000  # each checkpoint costs sample.py a reading of the test set and its sums

@@ -1,9 +1,12 @@
-"""reference: the reference CNN's shapes, the Frechet distance, precision and recall."""
+"""reference: the reference CNN's shapes, the one shipped for MNIST, the Frechet distance, precision and
+recall."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from tinyvlm.reference import ImageCNN, frechet_distance, precision_recall
+from tinyvlm.reference import ASSETS, ImageCNN, frechet_distance, precision_recall, shipped_or_trained
 
 
 def test_frechet_distance():
@@ -32,3 +35,16 @@ def test_reference_cnn_shapes(channels, size, classes):
     cnn = ImageCNN(channels, size, classes)
     x = torch.rand(3, channels, size, size)
     assert cnn(x).shape == (3, classes) and cnn.features(x).shape == (3, 128)
+
+
+def test_the_shipped_reference_judges_only_the_images_it_learned():
+    """MNIST's reference comes with the repo and judges MNIST's images; other images (another
+    fingerprint, another shape) get one trained in out/."""
+    ck = torch.load(os.path.join(ASSETS, 'reference_mnist.pt'), weights_only=True)
+    assert ck['dataset'] == 'MNIST' and ck['test_accuracy'] > 0.99
+    meta = dict(dataset=dict(name='mnist', channels=1, image_size=28, fingerprint=ck['fingerprint']),
+                classes=list('0123456789'))
+    assert os.path.abspath(shipped_or_trained(meta)) == os.path.join(ASSETS, 'reference_mnist.pt')
+    other = dict(meta, dataset=dict(meta['dataset'], fingerprint='0' * 64))
+    assert shipped_or_trained(other) == os.path.join('out', 'reference_mnist.pt')
+    assert shipped_or_trained(dict(meta, classes=list('01234'))) == os.path.join('out', 'reference_mnist.pt')

@@ -31,12 +31,14 @@ def reading_scores(pred, truth, classes):
                 confusion_pairs=pairs, confusion_matrix=confusion.tolist())
 
 
-def addition_scores(model, codec, task, codes, labels, seed, batch_size=250):
+def addition_scores(model, codec, tok, task, codes, images, labels, seed, reading):
     """MNIST addition: each image paired with another of the same split (inference.sum_pairs), the sum
-    read (inference.read_sums: 'addition', or 'worked_addition', which names the digits first).
-    -> its accuracy, standard error, pairs (keys 'sum_...', or 'worked_sum_...' and the digits named)."""
+    read (inference.read_sums with reading's second look: 'addition', or 'worked_addition', which names
+    the digits first). -> its accuracy, standard error, pairs (keys 'sum_...', or 'worked_sum_...' and
+    the digits named)."""
     second, truth = sum_pairs(codec, labels.cpu(), seed)
-    probs, digits = read_sums(model, codec, task, codes, codes[second], batch_size)
+    probs, digits = read_sums(model, codec, tok, task, codes, codes[second], images, images[second.to(images.device)],
+                              **reading)
     acc = (probs.argmax(1).cpu() == truth).float().mean().item()
     key = 'sum' if task == 'addition' else 'worked_sum'
     out = {f'{key}_accuracy': acc, f'{key}_stderr': math.sqrt(acc * (1 - acc) / len(truth)), f'{key}_pairs': len(truth)}

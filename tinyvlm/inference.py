@@ -105,11 +105,14 @@ def sum_probe(codec, codes, labels, seed, device='cpu'):
 
 
 @torch.no_grad()
-def read_sums(model, codec, task, codes, codes2, batch_size=250):
-    """The sum of each pair of images (codes, codes2: (N, T)) in an addition task: 'addition' reads it
-    after 'image:A plus image:B, sum:'; 'worked_addition' first names each digit (its most likely), then
-    the sum after them, each prompt extending the last through a key/value cache. -> the probabilities
-    of the sums (N, len(codec.sums)), and the digits named (N, 2) (None for 'addition')."""
+def read_sums(model, codec, tok, task, codes, codes2, images, images2, views=1, threshold=0.9, mirror=False,
+              batch_size=250):
+    """The sum of each pair of images (images, images2: (N, C, S, S) with their codes) in an addition
+    task: 'addition' reads it after 'image:A plus image:B, sum:'; 'worked_addition' first names each
+    digit (its most likely; an unsure one looked at again as read_labels does, the other image and the
+    digit named before it kept), then the sum after them, each prompt extending the last through a
+    key/value cache. -> the probabilities of the sums (N, len(codec.sums)), and the digits named (N, 2)
+    (None for 'addition')."""
     device = next(model.parameters()).device
     if task == 'addition':
         return model.next_token_probs(codec.prompts(task, 'sum', codes=codes, codes2=codes2, device=device),
@@ -123,8 +126,18 @@ def read_sums(model, codec, task, codes, codes2, batch_size=250):
             logits, _ = model(prompt[:, seen:], kv_cache=cache)  # the tokens since the last answer
             seen = prompt.size(1)
             probs = F.softmax(logits[:, -1, answers].float(), dim=-1)
-            if field != 'sum':
-                named['labels' if field == 'label' else 'labels2'] = probs.argmax(1).tolist()
+            if field == 'sum':
+                break
+            if field == 'label':  # the first digit moved, alone before its answer
+                read = lambda c, rows: model.next_token_probs(codec.prompts(task, field, codes=c, device=device),
+                                                              answers, batch_size)
+            else:  # the second moved, after the first image and the digit named of it
+                read = lambda c, rows: model.next_token_probs(codec.prompts(
+                    task, field, codes=a[rows], codes2=c, labels=[named['labels'][r] for r in rows.tolist()],
+                    device=device), answers, batch_size)
+            moved = (images if field == 'label' else images2)[i:i + batch_size]
+            probs = second_look(probs, read, tok, moved, views, threshold, mirror, batch_size)
+            named['labels' if field == 'label' else 'labels2'] = probs.argmax(1).tolist()
         sums.append(probs)
         digits.append(torch.tensor([named['labels'], named['labels2']]).T)
     return torch.cat(sums), torch.cat(digits)
@@ -146,37 +159,43 @@ def mirrored(meta):
     return meta['moves']['flip']
 
 
+def second_look(probs, read, tok, images, views, threshold, mirror=False, batch_size=250):
+    """probs (N, K) of an answer about images (N, C, S, S): an image answered with top probability below
+    threshold is read views - 1 more times, moved one pixel each way (SHIFTS), and its log-probabilities
+    averaged (test-time augmentation, as in Krizhevsky et al. 2012; the model trained on moved copies,
+    prepare.py's augment): only the unsure few get the second look. With mirror (the model trained on
+    mirrored copies too), the mirror image comes first, then each shift both ways round. read(codes,
+    rows) -> the probabilities (M, K) of the answer with the images of rows (M,) replaced by codes."""
+    unsure = (probs.max(1).values < threshold).nonzero()[:, 0]
+    if views <= 1 or not len(unsure):
+        return probs
+    moves = [(dx, dy, False) for dx, dy in SHIFTS]  # (dx, dy, mirrored) of each extra view
+    if mirror:
+        moves = [(0, 0, True)] + [(dx, dy, f) for dx, dy, _ in moves for f in (False, True)]
+    moves, seen = moves[:views - 1], images[unsure.to(images.device)]
+    moved = torch.cat([(lambda m: m.flip(3) if f else m)(shifted(seen, dx, dy)) for dx, dy, f in moves])
+    logp = read(tok.encode(moved.to(probs.device), batch_size), unsure.repeat(len(moves))).clamp_min(1e-12).log()
+    logp = logp.view(len(moves), len(unsure), -1).sum(0) + probs[unsure].clamp_min(1e-12).log()
+    probs = probs.clone()
+    probs[unsure] = torch.softmax(logp / (len(moves) + 1), 1)
+    return probs
+
+
 @torch.no_grad()
 def read_labels(model, codec, tok, codes, images, views=1, threshold=0.9, batch_size=250, progress=None,
                 mirror=False):
     """Class probabilities (N, K) from 'image:XXXX, number:' for images (N, C, S, S) with their codes,
-    scored over the class names only (GPT.next_token_probs). An image read with top probability below
-    threshold is read views - 1 more times, moved one pixel each way (SHIFTS), and its
-    log-probabilities averaged (test-time augmentation, as in Krizhevsky et al. 2012; the model
-    trained on moved copies, prepare.py's augment): only the unsure few get the second look. With mirror (the
-    model trained on mirrored copies too), the mirror image comes first, then each shift
-    both ways round."""
+    scored over the class names only (GPT.next_token_probs); unsure readings looked at again
+    (second_look)."""
     device = next(model.parameters()).device
-    read = lambda c: model.next_token_probs(codec.prompts('classification', 'label', codes=c, device=device),
-                                            codec.label_ids, batch_size)
+    read = lambda c, rows=None: model.next_token_probs(codec.prompts('classification', 'label', codes=c, device=device),
+                                                       codec.label_ids, batch_size)
     probs = []
     for i in range(0, len(codes), 4 * batch_size):
         probs.append(read(codes[i:i + 4 * batch_size]))
         if progress:
             progress.update(len(probs[-1]))
-    probs = torch.cat(probs)
-    unsure = (probs.max(1).values < threshold).nonzero()[:, 0]
-    if views > 1 and len(unsure):
-        logp = probs[unsure].clamp_min(1e-12).log()
-        moves = [(dx, dy, False) for dx, dy in SHIFTS]  # (dx, dy, mirrored) of each extra view
-        if mirror:  # the mirror image first, then each shift both ways round
-            moves = [(0, 0, True)] + [(dx, dy, f) for dx, dy, _ in moves for f in (False, True)]
-        for dx, dy, f in moves[:views - 1]:
-            moved = shifted(images[unsure.to(images.device)], dx, dy).to(device)
-            moved = moved.flip(3) if f else moved
-            logp += read(tok.encode(moved, batch_size)).clamp_min(1e-12).log()
-        probs[unsure] = torch.softmax(logp / views, 1)
-    return probs
+    return second_look(torch.cat(probs), read, tok, images, views, threshold, mirror, batch_size)
 
 
 @torch.no_grad()

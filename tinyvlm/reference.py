@@ -13,8 +13,11 @@ import torch.nn as nn
 
 from tinyvlm.checkpoints import save_checkpoint
 from tinyvlm.images import augmented
-from tinyvlm.plumbing import FORMAT, Progress, autocast
+from tinyvlm.plumbing import FORMAT, Progress, autocast, safe_name
 from tinyvlm.prepared import load_images
+
+ASSETS = os.path.join(  # the repo's assets/, wherever the scripts run from
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
 
 
 class ImageCNN(nn.Module):
@@ -39,6 +42,33 @@ class ImageCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def shipped_or_trained(meta):
+    """Where this data set's reference classifier is: the one in assets/ (reference_NAME.pt: trained by
+    reference_classifier on MNIST's or Fashion-MNIST's training images and kept, so that every run
+    on every machine is judged by one classifier, as FID judges by one Inception network), where it
+    learned these very images; else out/reference_NAME.pt, trained there on first use."""
+    name = f"reference_{safe_name(meta['dataset']['name'])}.pt"
+    shipped = os.path.join(ASSETS, name)
+    return os.path.relpath(shipped) if _load(shipped, meta) else os.path.join('out', name)
+
+
+def _load(path, meta):
+    """The classifier at path and its test accuracy, if it was saved by this code for this data set's
+    images; else None."""
+    info = meta['dataset']
+    args = dict(channels=info['channels'], image_size=info['image_size'], n_classes=len(meta['classes']))
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:  # missing or unreadable: trained (again)
+        return None
+    if not isinstance(ck, dict) or (ck.get('format'), ck.get('fingerprint'), ck.get('args')) != (
+            FORMAT, info['fingerprint'], args):
+        return None
+    cnn = ImageCNN(**args)
+    cnn.load_state_dict(ck['model'])
+    return cnn.eval(), ck['test_accuracy']
+
+
 def reference_classifier(path, meta, data_dir, device, dtype='float32', batch=128, seed=1337, epochs=8, min_steps=2000):
     """The reference classifier for this data set: loaded from path, or first trained there on the
     training images, each batch moved as prepare.py moves its copies (meta's moves: shifts, turns,
@@ -51,16 +81,10 @@ def reference_classifier(path, meta, data_dir, device, dtype='float32', batch=12
     -> (the classifier, its test accuracy)."""
     info = meta['dataset']
     args = dict(channels=info['channels'], image_size=info['image_size'], n_classes=len(meta['classes']))
-    if os.path.isfile(path):
-        try:
-            ck = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception:  # unreadable: trained again below
-            ck = None
-        if isinstance(ck, dict) and (ck.get('format'), ck.get('fingerprint'), ck.get('args')) == (
-                FORMAT, info['fingerprint'], args):
-            cnn = ImageCNN(**args)
-            cnn.load_state_dict(ck['model'])
-            return cnn.to(device).eval(), ck['test_accuracy']
+    found = _load(path, meta)
+    if found:
+        return found[0].to(device), found[1]
+    if os.path.exists(path):
         print(f"{path} was trained on other images than {info['title']}'s, or by older code, or is unreadable: training it again")
     x, y = (t.to(device) for t in load_images(data_dir, 'train', meta))
     val_x, val_y = (t.to(device) for t in load_images(data_dir, 'val', meta))

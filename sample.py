@@ -22,8 +22,8 @@ class), accuracy against iteration (accuracy.png), the quality of the tokenizer'
 of generated images as a reference classifier sees them, and all figures in out_dir/eval.json. Its
 drawings are made at the temperature it chooses on the validation split (sweep; sweep.png), which the
 other modes then take too. A run that learnt tasks of two images (prepare.py's shares) is scored on
-those too: the sums of as many test pairs as test images, and what it draws after each test image for
-'next'; and on the caption tasks: images drawn from the captions of caption_images test images (their
+those too: the sums of as many test pairs as test images, and what it draws after each of next_images
+test images for 'next'; and on the caption tasks: images drawn from the captions of caption_images test images (their
 class and, for MNIST's and Fashion-MNIST's captions, each style word measured on them), and the captions
 written of those images.
 """
@@ -77,6 +77,7 @@ batch_size = 250            # images per forward pass (a CPU reads small batches
 reference = ''              # eval: the reference classifier; '' = assets/reference_NAME.pt where it learned these images
                             # (MNIST, Fashion-MNIST), else out/reference_NAME.pt, trained there on first use
 caption_images = 2000       # eval: test images whose captions are drawn and written (caption tasks)
+next_images = 2000          # eval: test images answered with the next class, named and drawn (next)
 fidelity_samples = 0        # eval: images generated per class for fidelity and Frechet distance; 0 = as many as the
                             # test split holds of it (a Frechet distance is biased by the sizes of its two sets)
 host = '127.0.0.1'          # serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
@@ -239,13 +240,13 @@ def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             reference, fidelity_samples, temperatures, sweep_images, caption_images):
+             reference, fidelity_samples, temperatures, sweep_images, caption_images, next_images):
     """Each task the run learnt, scored on the test split: the temperature chosen on the validation
     split (if temperatures are given: evaluation.knee), then every checkpoint of the run read (the
     class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
     class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes), the
-    tokenizer's reconstructions and the images it answers with ('next') scored by the reference
-    classifier."""
+    tokenizer's reconstructions and the images it answers next_images test images with ('next') scored
+    by the reference classifier."""
     info, classes = meta['dataset'], codec.classes
     learnt = {t for t, w in meta['shares'].items() if w}
     test_codes = load_split(data_dir, 'test', meta)[1]
@@ -319,7 +320,8 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
               f"{q['generation_recall']:.3f}, validity {q['generation_validity']:.4f}, {q['distinct_generations']} "
               "distinct")
     if 'next' in learnt:
-        q.update(next_scores(model, codec, tok, cnn, test_codes, test_labels, sampling, seed + 4))
+        n = min(next_images, len(test_codes))
+        q.update(next_scores(model, codec, tok, cnn, test_codes[:n], test_labels[:n], sampling, seed + 4))
         print(f"next: after {q['next_images']} test images, the class named is the next {q['next_named']:.4f}, the "
               f"image drawn read as it {q['next_fidelity']:.4f} \u00b1 {q['next_stderr']:.4f} (reference classifier)")
     if learnt & {'illustration', 'captioning'}:
@@ -381,7 +383,7 @@ reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), bat
 if mode == 'eval':
     evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, reference,
              fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [], sweep_images,
-             caption_images)
+             caption_images, next_images)
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)

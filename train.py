@@ -30,7 +30,7 @@ from tinyvlm.checkpoints import load_checkpoint, save_checkpoint
 from tinyvlm.configurator import configure
 from tinyvlm.gpt import GPT, GPTConfig
 from tinyvlm.inference import reading_probe
-from tinyvlm.plumbing import autocast, lock_folder, pick_device, pick_dtype, start_script
+from tinyvlm.plumbing import autocast, compile_pays, lock_folder, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import check_data, data_signature, load_array, load_meta, load_split
 from tinyvlm.sequences import PAD, Codec, answer_targets, free_text, length_groups, training_pairs
 
@@ -82,7 +82,8 @@ backend = ''                   # DDP backend: '' = nccl on cuda, gloo otherwise
 device = 'auto'                # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'                 # 'auto' = bfloat16 where it is faster than float32 here (plumbing.fast_bf16), else
                                # float32; or 'float16'
-compile = False                # torch.compile the model: faster steps on some CPUs, slower on others
+compile = False                # torch.compile the model: faster steps on some CPUs, slower on others; 'auto' = where it
+                               # pays for this run's steps, timed both ways once per machine and config (plumbing.compile_pays)
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
@@ -195,6 +196,43 @@ if init_from == 'resume':
         torch.set_rng_state(checkpoint['rng_state'])
     checkpoint = None
 raw_model = model
+
+
+def forward_backward(m, batch, sync=None):
+    """The gradient of one micro-batch (inputs, targets, answer mask) added to m's: its rows in groups of
+    similar length, each cropped to its longest (length_groups: a mixed batch computes little padding),
+    each group's mean loss weighted by its share of the batch's targets, so that they add up to the
+    whole batch's. sync (DDP): whether this micro-step syncs the gradients, on its last group.
+    -> the loss (a tensor)"""
+    X, Y, M = batch
+    W = torch.where(Y != -1, 1 + (label_weight - 1) * M.float(), 0.0)  # each target's weight in the loss
+    groups = length_groups(Y)
+    loss = 0.0
+    for g, (rows, width) in enumerate(groups):
+        if sync is not None:
+            m.require_backward_grad_sync = sync and g == len(groups) - 1
+        x, y, w = X[rows, :width], Y[rows, :width], W[rows, :width]
+        with ctx:
+            _, part = m(x, y, weights=w)
+            if len(groups) > 1:
+                part = part * (w.sum() / W.sum())
+            part = part / gradient_accumulation_steps
+        scaler.scale(part).backward()
+        loss += part.detach()
+    return loss
+
+
+if compile == 'auto':  # timed on copies of the model over batches of the validation split (never trained on)
+    compile, times = compile_pays(raw_model, lambda m, i: forward_backward(m, get_batch('val', i, 0)), end_iter - iter_num,
+                                  dict(model_args, micro_batch=micro_batch, processes=world_size, dtype=dtype), device)
+    if ddp:  # every process follows rank 0's measurement
+        decision = torch.tensor([int(compile)], device=device)
+        torch.distributed.broadcast(decision, 0)
+        compile = bool(decision.item())
+    if master:
+        print(f"compile='auto': {'compiling' if compile else 'not compiling'} (a step {times['eager'] * 1000:.0f} ms eager, "
+              f"{times['compiled'] * 1000:.0f} ms compiled after {times['compiling']:.0f} s of compiling; "
+              f"{end_iter - iter_num:,} steps to go; out/compile_auto.json)")
 if compile:
     print("compiling the model...")
     model = torch.compile(model)
@@ -286,23 +324,12 @@ while True:
     for opt in optimizers:
         for param_group in opt.param_groups:
             param_group['lr'] = lr
+    loss = 0.0
     for micro_step in range(gradient_accumulation_steps):
         last = micro_step == gradient_accumulation_steps - 1
-        batch = X, Y, torch.where(Y != -1, 1 + (label_weight - 1) * M.float(), 0.0)  # each target's weight in the loss
-        groups = length_groups(Y)
+        batch = X, Y, M
         X, Y, M = get_batch('train', *((iter_num + 1, 0) if last else (iter_num, micro_step + 1)))  # prefetch
-        loss = 0.0
-        for g, (rows, width) in enumerate(groups):
-            if ddp:  # sync gradients on the last micro-step's last group only
-                model.require_backward_grad_sync = last and g == len(groups) - 1
-            x, y, w = (t[rows, :width] for t in batch)
-            with ctx:
-                _, part = model(x, y, weights=w)
-                if len(groups) > 1:  # each group's mean weighted by its share: they add up to the batch's
-                    part = part * (w.sum() / batch[2].sum())
-                part = part / gradient_accumulation_steps
-            scaler.scale(part).backward()
-            loss += part.detach()
+        loss += forward_backward(model, batch, sync=last if ddp else None)
     if grad_clip != 0.0:
         for opt in optimizers:
             scaler.unscale_(opt)
@@ -321,7 +348,7 @@ while True:
 
     iter_num += 1
     if iter_num % log_interval == 0 and master:
-        lossf = loss.item() * gradient_accumulation_steps
+        lossf = loss.item()  # the mean over the micro-steps
         if not math.isfinite(lossf):
             raise Error(f"loss is not finite ({lossf}) at iteration {iter_num}; the last good checkpoint is kept in "
                         f"{out_dir}: lower learning_rate or raise warmup_iters")

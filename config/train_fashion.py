@@ -10,5 +10,5 @@ min_lr = 6e-4
 max_iters = 6000
 lr_decay_iters = 6000
 eval_interval = 3000  # each checkpoint costs sample.py a reading of the test set
-compile = True        # torch.compile: faster steps on CPUs where it pays (set False where it does not)
+compile = 'auto'      # torch.compile where it pays here: timed once per machine (out/compile_auto.json)
 tail_average = 1/6    # the plain mean of the last 1,000 iterations' weights, not the moving average

@@ -9,3 +9,4 @@ max_iters = 2000
 lr_decay_iters = 2000
 cycles = 1
 eval_interval = 1000  # each checkpoint costs sample.py a reading of the test set and its sums
+compile = 'auto'      # torch.compile where it pays here: timed once per machine (out/compile_auto.json)

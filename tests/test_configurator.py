@@ -34,3 +34,12 @@ def test_configure_overrides_and_types(tmp_path):
 def test_configure_errors(argv, message):
     with pytest.raises(Error, match=message):
         configurator.configure(settings(), argv)
+
+
+def test_compile_is_a_bool_or_auto():
+    for value, want in (('auto', 'auto'), ('True', True), ('False', False)):
+        g = dict(compile=False, __file__='train.py')
+        configurator.configure(g, [f'--compile={value}'])
+        assert g['compile'] == want
+    with pytest.raises(Error, match=r"compile must be True, False or 'auto'"):
+        configurator.configure(dict(compile=False, __file__='train.py'), ['--compile=1'])

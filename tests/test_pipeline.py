@@ -153,7 +153,7 @@ def test_tasks_of_two_images(work):
     assert r['sum_pairs'] == 10000 and 0 <= r['sum_accuracy'] <= 1 and 0 <= r['classification_accuracy'] <= 1
     assert r['worked_sum_pairs'] == 10000 and 0 <= r['worked_sum_accuracy'] <= 1 and 0 <= r['worked_digits'] <= 1
     assert 'worked sums of 10000 test pairs' in p.stdout and 'both digits named right' in p.stdout
-    assert q['next_images'] == 10000 and 0 <= q['next_fidelity'] <= 1 and 0 <= q['next_named'] <= 1
+    assert q['next_images'] == 2000 and 0 <= q['next_fidelity'] <= 1 and 0 <= q['next_named'] <= 1
     assert q['generated'] == 50 and 'sums of 10000 test pairs' in p.stdout and 'the class named is the next' in p.stdout
     p = run_script('sample.py', '--out_dir=out/two', '--mode=add', '--image=0-3', cwd=work)
     assert len(re.findall(r'test\[\d\] \+ test\[\d\]: \d+ \(true \d \+ \d = \d+\)  p: ', p.stdout)) == 2

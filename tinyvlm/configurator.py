@@ -201,8 +201,9 @@ RULES = {
     'backend': one_of('', 'gloo', 'nccl', 'mpi'),
     'device': device,
     'dtype': dtype,
+    'compile': lambda v: None if v is True or v is False or v == 'auto' else "True, False or 'auto' (compile where it pays, timed here)",
     'seed': integer(0, 2 ** 63 - 1),
-    'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'compile': None, 'pipeline': None,
+    'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'pipeline': None,
     'flip': None, 'latent_norm': None,  # bools: the type says it all
     # using the model
     'mode': one_of('eval', 'generate', 'classify', 'complete', 'add', 'next', 'caption', 'serve'),
@@ -229,6 +230,7 @@ RULES = {
     'reference': writable_file,
     'fidelity_samples': integer(0, 100000),
     'caption_images': integer(1, 100000),
+    'next_images': integer(1, 100000),
     'sweep_images': integer(1, 100000),
     # bench
     'repeats': integer(1),
@@ -297,9 +299,13 @@ def check_all(settings, script=''):
                 raise Error(f"{why} (got {', '.join(f'{k}={settings[k]!r}' for k in keys)})")
 
 
+EITHER = {'compile'}  # a bool, or 'auto'
+
+
 def _coerce(key, old, new, where):
-    """Check `new` against the type of the default `old`; an int may stand for a float."""
-    if old is None or type(new) is type(old):
+    """Check `new` against the type of the default `old`; an int may stand for a float; a setting of
+    EITHER types is left to its rule."""
+    if old is None or type(new) is type(old) or key in EITHER:
         return new
     if isinstance(old, float) and type(new) is int:
         return float(new)

@@ -5,6 +5,7 @@ folder, the choice of device and dtype, and progress lines.
 Every file is written under a temporary name and renamed into place, so a kill never leaves half a file.
 """
 import atexit
+import copy
 import ctypes
 import hashlib
 import json
@@ -201,6 +202,45 @@ def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
         except OSError:
             pass  # a read-only folder: time it again next run
     return known[key]['bfloat16']
+
+
+def compile_pays(model, step, steps, config, device, cache=os.path.join('out', 'compile_auto.json'), warmup=10,
+                 timed=10):
+    """Does torch.compile pay for `steps` training steps of model here? step(m, i) runs one (a forward
+    and backward of m over batch i). Timed once per machine and config (model and batch shapes, dtype:
+    config, a dict) on copies of the model, eager and compiled, warmup steps first (for the compiled,
+    the compiling), then timed ones over other batches; the times are cached in out/, and a run
+    compiles when the time it saves over its steps is more than the compiling took. A CPU gains on
+    some kinds and loses on others. -> (whether to compile, {'eager', 'compiled': seconds per step,
+    'compiling': seconds})"""
+    key = f"{machine_key()} {device}: " + json.dumps(config, sort_keys=True)
+    try:
+        with open(cache, encoding='utf-8') as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        def run(m, batches):
+            t = time.perf_counter()
+            for i in batches:
+                step(m, i)
+            if device.startswith('cuda'):
+                torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+        eager = copy.deepcopy(model)
+        run(eager, range(-1, -1 - warmup, -1))
+        per_step = run(eager, range(-1 - warmup, -1 - warmup - timed, -1)) / timed
+        compiled = torch.compile(copy.deepcopy(model))
+        first = run(compiled, range(-1, -1 - warmup, -1))
+        compiled_step = run(compiled, range(-1 - warmup, -1 - warmup - timed, -1)) / timed
+        known[key] = dict(eager=per_step, compiled=compiled_step, compiling=max(0.0, first - warmup * compiled_step))
+        try:
+            write_json(cache, known)
+        except OSError:
+            pass  # a read-only folder: time it again next run
+    t = known[key]
+    return (t['eager'] - t['compiled']) * steps > t['compiling'], t
 
 
 def pick_dtype(device, dtype='auto'):

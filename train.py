@@ -17,6 +17,7 @@ needed to resume with --init_from=resume). The weights evaluated and saved are a
 average of the trained ones (ema), and over the last tail_average of training their plain mean.
 """
 import copy
+import inspect
 import math
 import os
 import time
@@ -222,24 +223,30 @@ def forward_backward(m, batch, sync=None):
     return loss
 
 
-if compile == 'auto':  # timed on copies of the model over batches of the validation split (never trained on)
-    compile, times = compile_pays(raw_model, lambda m, i: forward_backward(m, get_batch('val', i, 0)), end_iter - iter_num,
-                                  dict(model_args, micro_batch=micro_batch, processes=world_size, dtype=dtype), device)
+compiled = None
+if compile == 'auto':  # timed over batches of the validation split (never trained on), the weights untouched
+    compile, times, compiled = compile_pays(model, lambda m, i: forward_backward(m, get_batch('val', -1 - i, 0)),
+                                            end_iter - iter_num, dict(model_args, micro_batch=micro_batch,
+                                                                      processes=world_size, dtype=dtype), device)
     if ddp:  # every process follows rank 0's measurement
         decision = torch.tensor([int(compile)], device=device)
         torch.distributed.broadcast(decision, 0)
         compile = bool(decision.item())
     if master:
-        print(f"compile='auto': {'compiling' if compile else 'not compiling'} (a step {times['eager'] * 1000:.0f} ms eager, "
-              f"{times['compiled'] * 1000:.0f} ms compiled after {times['compiling']:.0f} s of compiling; "
-              f"{end_iter - iter_num:,} steps to go; out/compile_auto.json)")
-if compile:
+        print(f"compile='auto': {'compiling' if compile else 'not compiling'} (a step {times['eager'] * 1000:.0f} ms "
+              f"eager, {times['compiled'] * 1000:.0f} ms compiled, after {times['compiling']:.0f} s of compiling"
+              f"{' the first time' if compiled is None else ''}; {end_iter - iter_num:,} steps to go; out/compile_auto.json)")
+if compile and compiled is None:
     print("compiling the model...")
     model = torch.compile(model)
+elif compile:
+    model = compiled
 if ddp:
     # no buffers to broadcast (code_features is the same file everywhere): a forward is then no collective,
     # so processes may run their batches as different numbers of length groups
-    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
+    quiet = {'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters  # torch >= 2.13
+             else 'broadcast_buffers': False}
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None, **quiet)
 if master:
     os.makedirs(out_dir, exist_ok=True)
     tokens_per_iter = batch_size * data['train'][0].size(1)

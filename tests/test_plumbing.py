@@ -36,8 +36,8 @@ def test_entry_point_turns_errors_into_one_line():
 
 
 def test_compile_pays_when_it_saves_more_than_it_costs(tmp_path, monkeypatch):
-    """compile='auto': timed once per machine and config (warm-up, then timed steps, both ways), then
-    decided from the cache for each run's number of steps."""
+    """compile='auto': timed once per machine and config (warm-up, then alternating windows both ways),
+    the gradients it left cleared; then decided from the cache for each run's number of steps."""
     import json
 
     import torch
@@ -45,16 +45,22 @@ def test_compile_pays_when_it_saves_more_than_it_costs(tmp_path, monkeypatch):
     from tinyvlm.plumbing import compile_pays
     monkeypatch.setattr(torch, 'compile', lambda m: m)  # the timing and the decision, not the compiler
     calls, cache = [], tmp_path / 'compile_auto.json'
-    step = lambda m, i: calls.append(i)
     model = torch.nn.Linear(2, 2)
-    _, times = compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache), warmup=2, timed=3)
-    assert len(calls) == 2 * (2 + 3) and set(times) == {'eager', 'compiled', 'compiling'}
+
+    def step(m, i):
+        calls.append(i)
+        m(torch.ones(1, 2)).sum().backward()
+
+    _, times, compiled = compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache), warmup=2, rounds=2,
+                                      window=3)
+    assert len(calls) == 2 * (2 + 2 * 3) and set(times) == {'eager', 'compiled', 'compiling'}
+    assert compiled is model and model.weight.grad is None  # the module it timed, to train with
     known = json.loads(cache.read_text())
     (key,) = known
     known[key] = dict(eager=0.2, compiled=0.1, compiling=30.0)
     cache.write_text(json.dumps(known))
-    assert compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache))[0]  # saves 100 s for 30
+    assert compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache))[::2] == (True, None)  # 100 s for 30
     assert not compile_pays(model, step, 100, dict(n_layer=1), 'cpu', cache=str(cache))[0]  # 10 s for 30
-    assert len(calls) == 10  # from the cache: not timed again
-    compile_pays(model, step, 100, dict(n_layer=2), 'cpu', cache=str(cache), warmup=1, timed=1)  # another config
-    assert len(calls) == 14 and len(json.loads(cache.read_text())) == 2
+    assert len(calls) == 16  # from the cache: not timed again
+    compile_pays(model, step, 100, dict(n_layer=2), 'cpu', cache=str(cache), warmup=1, rounds=2, window=1)  # another config
+    assert len(calls) == 16 + 2 * (1 + 2) and len(json.loads(cache.read_text())) == 2

@@ -5,7 +5,6 @@ folder, the choice of device and dtype, and progress lines.
 Every file is written under a temporary name and renamed into place, so a kill never leaves half a file.
 """
 import atexit
-import copy
 import ctypes
 import hashlib
 import json
@@ -204,43 +203,52 @@ def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
     return known[key]['bfloat16']
 
 
-def compile_pays(model, step, steps, config, device, cache=os.path.join('out', 'compile_auto.json'), warmup=10,
-                 timed=10):
+def compile_pays(model, step, steps, config, device, cache=os.path.join('out', 'compile_auto.json'), warmup=6,
+                 rounds=4, window=3):
     """Does torch.compile pay for `steps` training steps of model here? step(m, i) runs one (a forward
-    and backward of m over batch i). Timed once per machine and config (model and batch shapes, dtype:
-    config, a dict) on copies of the model, eager and compiled, warmup steps first (for the compiled,
-    the compiling), then timed ones over other batches; the times are cached in out/, and a run
-    compiles when the time it saves over its steps is more than the compiling took. A CPU gains on
-    some kinds and loses on others. -> (whether to compile, {'eager', 'compiled': seconds per step,
-    'compiling': seconds})"""
+    and backward of m over batch i; the gradients it leaves are cleared). Timed once per machine and
+    config (model and batch shapes, dtype: config, a dict): warmup steps each way (compiled, the
+    compiling, once per shape it meets), then `rounds` windows of `window` steps each way over the same
+    batches, alternating, so that a machine whose speed drifts weighs on both alike; the times cached
+    in out/. A run that timed it compiles if a compiled step is faster (the compiling is done); a later
+    one if the time saved over its steps is more than the compiling took.
+    -> (whether to compile, {'eager', 'compiled': seconds per step, 'compiling': seconds}, the model
+    compiled if it was timed now, else None)"""
     key = f"{machine_key()} {device}: " + json.dumps(config, sort_keys=True)
     try:
         with open(cache, encoding='utf-8') as f:
             known = json.load(f)
     except (OSError, ValueError):
         known = {}
-    if key not in known:
-        def run(m, batches):
-            t = time.perf_counter()
-            for i in batches:
-                step(m, i)
-            if device.startswith('cuda'):
-                torch.cuda.synchronize()
-            return time.perf_counter() - t
+    if key in known:
+        t = known[key]
+        return (t['eager'] - t['compiled']) * steps > t['compiling'], t, None
 
-        eager = copy.deepcopy(model)
-        run(eager, range(-1, -1 - warmup, -1))
-        per_step = run(eager, range(-1 - warmup, -1 - warmup - timed, -1)) / timed
-        compiled = torch.compile(copy.deepcopy(model))
-        first = run(compiled, range(-1, -1 - warmup, -1))
-        compiled_step = run(compiled, range(-1 - warmup, -1 - warmup - timed, -1)) / timed
-        known[key] = dict(eager=per_step, compiled=compiled_step, compiling=max(0.0, first - warmup * compiled_step))
-        try:
-            write_json(cache, known)
-        except OSError:
-            pass  # a read-only folder: time it again next run
-    t = known[key]
-    return (t['eager'] - t['compiled']) * steps > t['compiling'], t
+    def run(m, batches):
+        t = time.perf_counter()
+        for i in batches:
+            step(m, i)
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    ways = dict(eager=model, compiled=torch.compile(model))
+    run(ways['eager'], range(warmup))
+    first = run(ways['compiled'], range(warmup))
+    spent = dict(eager=0.0, compiled=0.0)
+    for r in range(rounds):
+        batches = range(warmup + r * window, warmup + (r + 1) * window)
+        for way in (('eager', 'compiled') if r % 2 else ('compiled', 'eager')):
+            spent[way] += run(ways[way], batches)
+    model.zero_grad(set_to_none=True)
+    t = {way: s / (rounds * window) for way, s in spent.items()}
+    t['compiling'] = max(0.0, first - warmup * t['compiled'])
+    known[key] = t
+    try:
+        write_json(cache, known)
+    except OSError:
+        pass  # a read-only folder: time it again next run
+    return t['compiled'] < t['eager'], t, ways['compiled']
 
 
 def pick_dtype(device, dtype='auto'):

@@ -232,7 +232,9 @@ if compile == 'auto':  # timed over batches of the validation split (never train
         decision = torch.tensor([int(compile)], device=device)
         torch.distributed.broadcast(decision, 0)
         compile = bool(decision.item())
-    if master:
+    if master and times['compiled'] is None:
+        print(f"compile='auto': not compiling: torch.compile failed here ({times['failed']}); out/compile_auto.json")
+    elif master:
         print(f"compile='auto': {'compiling' if compile else 'not compiling'} (a step {times['eager'] * 1000:.0f} ms "
               f"eager, {times['compiled'] * 1000:.0f} ms compiled, after {times['compiling']:.0f} s of compiling"
               f"{' the first time' if compiled is None else ''}; {end_iter - iter_num:,} steps to go; out/compile_auto.json)")

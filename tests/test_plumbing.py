@@ -64,3 +64,24 @@ def test_compile_pays_when_it_saves_more_than_it_costs(tmp_path, monkeypatch):
     assert len(calls) == 16  # from the cache: not timed again
     compile_pays(model, step, 100, dict(n_layer=2), 'cpu', cache=str(cache), warmup=1, rounds=2, window=1)  # another config
     assert len(calls) == 16 + 2 * (1 + 2) and len(json.loads(cache.read_text())) == 2
+
+
+def test_compile_that_fails_trains_eager_and_says_why(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from tinyvlm.plumbing import compile_pays
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError('no C compiler found')
+
+    monkeypatch.setattr(torch, 'compile', lambda m: Broken())
+    model, cache = torch.nn.Linear(2, 2), tmp_path / 'compile_auto.json'
+    step = lambda m, i: m(torch.ones(1, 2)).sum().backward()
+    pays, times, compiled = compile_pays(model, step, 10 ** 6, dict(n_layer=1), 'cpu', cache=str(cache))
+    assert not pays and compiled is None and times['compiled'] is None and 'no C compiler' in times['failed']
+    assert model.weight.grad is None
+    assert compile_pays(model, step, 10 ** 6, dict(n_layer=1), 'cpu', cache=str(cache))[0] is False  # cached
+    assert 'no C compiler' in json.loads(cache.read_text())[next(iter(json.loads(cache.read_text())))]['failed']

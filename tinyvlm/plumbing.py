@@ -212,8 +212,9 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
     batches, alternating, so that a machine whose speed drifts weighs on both alike; the times cached
     in out/. A run that timed it compiles if a compiled step is faster (the compiling is done); a later
     one if the time saved over its steps is more than the compiling took.
-    -> (whether to compile, {'eager', 'compiled': seconds per step, 'compiling': seconds}, the model
-    compiled if it was timed now, else None)"""
+    Where compiling fails (no C compiler, say), the run trains eager and the cache says why ('failed').
+    -> (whether to compile, {'eager', 'compiled': seconds per step (None where it failed), 'compiling':
+    seconds}, the model compiled if it was timed now, else None)"""
     key = f"{machine_key()} {device}: " + json.dumps(config, sort_keys=True)
     try:
         with open(cache, encoding='utf-8') as f:
@@ -222,7 +223,7 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
         known = {}
     if key in known:
         t = known[key]
-        return (t['eager'] - t['compiled']) * steps > t['compiling'], t, None
+        return t['compiled'] is not None and (t['eager'] - t['compiled']) * steps > t['compiling'], t, None
 
     def run(m, batches):
         t = time.perf_counter()
@@ -233,21 +234,28 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
         return time.perf_counter() - t
 
     ways = dict(eager=model, compiled=torch.compile(model))
-    run(ways['eager'], range(warmup))
-    first = run(ways['compiled'], range(warmup))
-    spent = dict(eager=0.0, compiled=0.0)
-    for r in range(rounds):
-        batches = range(warmup + r * window, warmup + (r + 1) * window)
-        for way in (('eager', 'compiled') if r % 2 else ('compiled', 'eager')):
-            spent[way] += run(ways[way], batches)
+    warm = run(ways['eager'], range(warmup))
+    try:
+        first = run(ways['compiled'], range(warmup))
+    except Exception as e:  # no C compiler, a platform inductor does not support: eager it is, and why
+        why = (str(e).strip().splitlines() or [''])[0][:300]
+        t = dict(eager=warm / warmup, compiled=None, compiling=0.0, failed=f"{type(e).__name__}: {why}")
+    else:
+        spent = dict(eager=0.0, compiled=0.0)
+        for r in range(rounds):
+            batches = range(warmup + r * window, warmup + (r + 1) * window)
+            for way in (('eager', 'compiled') if r % 2 else ('compiled', 'eager')):
+                spent[way] += run(ways[way], batches)
+        t = {way: s / (rounds * window) for way, s in spent.items()}
+        t['compiling'] = max(0.0, first - warmup * t['compiled'])
     model.zero_grad(set_to_none=True)
-    t = {way: s / (rounds * window) for way, s in spent.items()}
-    t['compiling'] = max(0.0, first - warmup * t['compiled'])
     known[key] = t
     try:
         write_json(cache, known)
     except OSError:
         pass  # a read-only folder: time it again next run
+    if t['compiled'] is None:
+        return False, t, None
     return t['compiled'] < t['eager'], t, ways['compiled']
 
 

@@ -48,3 +48,16 @@ def test_the_shipped_reference_judges_only_the_images_it_learned():
     other = dict(meta, dataset=dict(meta['dataset'], fingerprint='0' * 64))
     assert shipped_or_trained(other) == os.path.join('out', 'reference_mnist.pt')
     assert shipped_or_trained(dict(meta, classes=list('01234'))) == os.path.join('out', 'reference_mnist.pt')
+
+
+def test_a_shipped_reference_is_never_trained_over(tmp_path):
+    """--reference=assets/reference_mnist.pt over other images: a one-line error, the file kept."""
+    from tinyvlm import Error
+    from tinyvlm.reference import reference_classifier
+    path = os.path.join(ASSETS, 'reference_mnist.pt')
+    before = open(path, 'rb').read()
+    meta = dict(dataset=dict(name='mnist', title='my images', channels=1, image_size=28, fingerprint='0' * 64),
+                classes=list('0123456789'))
+    with pytest.raises(Error, match="shipped for other images than my images's"):
+        reference_classifier(path, meta, str(tmp_path), 'cpu')
+    assert open(path, 'rb').read() == before

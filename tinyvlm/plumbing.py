@@ -178,6 +178,24 @@ def machine_key():
             f"torch {torch.__version__}")
 
 
+def once_per_machine(cache, key, measure):
+    """What measure() found on this machine (key: machine_key() and whatever else it depends on), from
+    the JSON file cache in out/, measured and added there the first time; a read-only folder measures
+    it again next run."""
+    try:
+        with open(cache, encoding='utf-8') as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measure()
+        try:
+            write_json(cache, known)
+        except OSError:
+            pass
+    return known[key]
+
+
 def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
     """Is bfloat16 faster than float32 here? cuda: where supported (Ampere or newer). A CPU: timed once
     per machine (bfloat16 must run matmuls 1.2x float32's rate to pay for its conversions; some CPUs
@@ -187,20 +205,11 @@ def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
         return torch.cuda.is_bf16_supported()
     if device != 'cpu':
         return False
-    try:
-        with open(cache, encoding='utf-8') as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
-    key = machine_key()
-    if key not in known:
+    def measure():
         rates = {d: matmul_rate('cpu', d) for d in ('float32', 'bfloat16')}
-        known[key] = dict(bfloat16=rates['bfloat16'] >= 1.2 * rates['float32'], gflops=rates)
-        try:
-            write_json(cache, known)
-        except OSError:
-            pass  # a read-only folder: time it again next run
-    return known[key]['bfloat16']
+        return dict(bfloat16=rates['bfloat16'] >= 1.2 * rates['float32'], gflops=rates)
+
+    return once_per_machine(cache, machine_key(), measure)['bfloat16']
 
 
 def compile_pays(model, step, steps, config, device, cache=os.path.join('out', 'compile_auto.json'), warmup=6,
@@ -216,14 +225,7 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
     -> (whether to compile, {'eager', 'compiled': seconds per step (None where it failed), 'compiling':
     seconds}, the model compiled if it was timed now, else None)"""
     key = f"{machine_key()} {device}: " + json.dumps(config, sort_keys=True)
-    try:
-        with open(cache, encoding='utf-8') as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        t = known[key]
-        return t['compiled'] is not None and (t['eager'] - t['compiled']) * steps > t['compiling'], t, None
+    ways = {}
 
     def run(m, batches):
         t = time.perf_counter()
@@ -233,30 +235,30 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    ways = dict(eager=model, compiled=torch.compile(model))
-    warm = run(ways['eager'], range(warmup))
-    try:
-        first = run(ways['compiled'], range(warmup))
-    except Exception as e:  # no C compiler, a platform inductor does not support: eager it is, and why
-        why = (str(e).strip().splitlines() or [''])[0][:300]
-        t = dict(eager=warm / warmup, compiled=None, compiling=0.0, failed=f"{type(e).__name__}: {why}")
-    else:
+    def measure():
+        ways.update(eager=model, compiled=torch.compile(model))
+        warm = run(model, range(warmup))
+        try:
+            first = run(ways['compiled'], range(warmup))
+        except Exception as e:  # no C compiler, a platform inductor does not support: eager it is, and why
+            model.zero_grad(set_to_none=True)
+            why = (str(e).strip().splitlines() or [''])[0][:300]
+            return dict(eager=warm / warmup, compiled=None, compiling=0.0, failed=f"{type(e).__name__}: {why}")
         spent = dict(eager=0.0, compiled=0.0)
         for r in range(rounds):
             batches = range(warmup + r * window, warmup + (r + 1) * window)
             for way in (('eager', 'compiled') if r % 2 else ('compiled', 'eager')):
                 spent[way] += run(ways[way], batches)
+        model.zero_grad(set_to_none=True)
         t = {way: s / (rounds * window) for way, s in spent.items()}
-        t['compiling'] = max(0.0, first - warmup * t['compiled'])
-    model.zero_grad(set_to_none=True)
-    known[key] = t
-    try:
-        write_json(cache, known)
-    except OSError:
-        pass  # a read-only folder: time it again next run
+        return dict(t, compiling=max(0.0, first - warmup * t['compiled']))
+
+    t = once_per_machine(cache, key, measure)
     if t['compiled'] is None:
         return False, t, None
-    return t['compiled'] < t['eager'], t, ways['compiled']
+    if ways:  # timed now: the compiling is done
+        return t['compiled'] < t['eager'], t, ways['compiled']
+    return (t['eager'] - t['compiled']) * steps > t['compiling'], t, None
 
 
 def pick_dtype(device, dtype='auto'):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tinyvlm import Error
 from tinyvlm.checkpoints import save_checkpoint
 from tinyvlm.images import augmented
 from tinyvlm.plumbing import FORMAT, Progress, autocast, safe_name
@@ -84,6 +85,9 @@ def reference_classifier(path, meta, data_dir, device, dtype='float32', batch=12
     found = _load(path, meta)
     if found:
         return found[0].to(device), found[1]
+    if os.path.exists(path) and os.path.dirname(os.path.abspath(path)) == ASSETS:  # never overwrite a shipped one
+        raise Error(f"{path} is the reference shipped for other images than {info['title']}'s: give another "
+                    f"--reference path (or '' for out/reference_NAME.pt)")
     if os.path.exists(path):
         print(f"{path} was trained on other images than {info['title']}'s, or by older code, or is unreadable: training it again")
     x, y = (t.to(device) for t in load_images(data_dir, 'train', meta))

@@ -20,8 +20,8 @@ image moved one pixel each way and averaged, see views), and reports accuracy wi
 the most frequent confusions, a grid of generated images per checkpoint (samples_{iter}.png, one row a
 class), accuracy against iteration (accuracy.png), the quality of the tokenizer's reconstructions and
 of generated images as a reference classifier sees them, and all figures in out_dir/eval.json. Its
-drawings are made at the temperature it chooses on the validation split (sweep; sweep.png), which the
-other modes then take too. A run that learnt tasks of two images (prepare.py's shares) is scored on
+drawings are made at the temperature and guidance it chooses on the validation split (sweep,
+sweep_guidance; sweep.png), which the other modes then take too. A run that learnt tasks of two images (prepare.py's shares) is scored on
 those too: the sums of as many test pairs as test images, and what it draws after each of next_images
 test images for 'next'; and on the caption tasks: images drawn from the captions of caption_images test images (their
 class and, for MNIST's and Fashion-MNIST's captions, each style word measured on them), and the captions
@@ -38,7 +38,7 @@ from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model, run_checkpoints, trained_data_dir
 from tinyvlm.configurator import configure
 from tinyvlm.evaluation import (addition_scores, caption_scores, knee, next_scores, quality, reading_scores,
-                                temperature_sweep, validity)
+                                sampling_sweep, validity)
 from tinyvlm.images import read_image_file, save_image_grid, save_png
 from tinyvlm.inference import (answer_next, complete_images, draw_captions, generate_images, kept_rows, kept_view,
                                mirrored, read_labels, read_sums, write_captions)
@@ -60,10 +60,12 @@ prompt = ''                 # generate: a caption to draw instead ('a thick slan
 num_samples = 10            # generate and eval grids: images per class
 temperature = -1.0          # 1.0 samples the model's distribution; 0 takes the most likely code; -1 = eval chooses
                             # from sweep, and the other modes take its choice (out_dir/eval.json; 0.9 before any eval)
+guidance = -1.0             # classifier-free guidance scale, against 'image:' with no class; 0 = none; -1 = eval
+                            # chooses from sweep_guidance, as the temperature (1.5 before any eval)
 sweep = '0.4,0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split,
+sweep_guidance = '1,1.5,2'  # ... with guidance -1: the guidance scales tried at each,
 sweep_images = 1000         # ... on up to this many of its images each
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
-guidance = 1.5              # classifier-free guidance scale, against 'image:' with no class; 0 = none
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
 view_threshold = 0.95       # again moved one pixel each way (and mirrored where prepare.py's flip), views readings
                             # in all (1 = no second look)
@@ -87,7 +89,7 @@ device = 'auto'
 dtype = 'auto'              # the language model's weights: 'auto' = bfloat16 where faster here (plumbing.fast_bf16)
 # -----------------------------------------------------------------------------
 configure(globals())
-UNSWEPT = 0.9        # the temperature where no evaluation has chosen one
+UNSWEPT = dict(temperature=0.9, guidance=1.5)  # where no evaluation has chosen them
 
 
 def parse_indices(spec, n):
@@ -240,9 +242,9 @@ def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             reference, fidelity_samples, temperatures, sweep_images, caption_images, next_images):
-    """Each task the run learnt, scored on the test split: the temperature chosen on the validation
-    split (if temperatures are given: evaluation.knee), then every checkpoint of the run read (the
+             reference, fidelity_samples, grid, sweep_images, caption_images, next_images):
+    """Each task the run learnt, scored on the test split: the sampling setting chosen on the validation
+    split (of a grid of (guidance, temperature), if given: evaluation.knee), then every checkpoint of the run read (the
     class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
     class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes), the
     tokenizer's reconstructions and the images it answers next_images test images with ('next') scored
@@ -254,21 +256,20 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
     ref_path = reference or shipped_or_trained(meta)
     cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
     swept = None
-    if temperatures and 'generation' in learnt:
+    if grid and 'generation' in learnt:
         model = load_model(paths[-1], meta, data_dir, device, dtype)[0]
         val_images, val_labels = (t[:sweep_images].to(device) for t in load_images(data_dir, 'val', meta))
         val_codes = load_split(data_dir, 'val', meta)[1][:sweep_images]
-        recon, rows = temperature_sweep(model, codec, tok, cnn, val_images, val_labels, val_codes, temperatures,
-                                        sampling, seed + 2)
+        recon, rows = sampling_sweep(model, codec, tok, cnn, val_images, val_labels, val_codes, grid, sampling, seed + 2)
         chosen, limit = knee(rows, recon, len(val_labels))
-        swept = dict(images=len(val_labels), guidance=sampling['guidance'], reconstruction_frechet=recon,
-                     frechet_limit=limit, chosen=chosen, rows=rows)
-        print(f"temperature sweep ({len(val_labels)} validation images each, guidance {sampling['guidance']:g}; "
-              f"fidelity / Frechet distance, the reconstructions' {recon:.2f}, at most {limit:.2f}): "
-              + ', '.join(f"{r['temperature']:g}: {r['fidelity']:.4f} / {r['frechet']:.2f}" for r in rows)
-              + f"; chosen {chosen:g}", flush=True)
+        swept = dict(images=len(val_labels), reconstruction_frechet=recon, frechet_limit=limit,
+                     chosen={k: chosen[k] for k in ('guidance', 'temperature')}, rows=rows)
+        print(f"sampling sweep ({len(val_labels)} validation images each; guidance, temperature: fidelity / Frechet "
+              f"distance, the reconstructions' {recon:.2f}, at most {limit:.2f}): "
+              + ', '.join(f"{r['guidance']:g}, {r['temperature']:g}: {r['fidelity']:.4f} / {r['frechet']:.2f}" for r in rows)
+              + f"; chosen guidance {chosen['guidance']:g}, temperature {chosen['temperature']:g}", flush=True)
         plot_sweep(rows, recon, limit, chosen, os.path.join(out_dir, 'sweep.png'), f"{info['title']}, {out_dir}")
-        sampling = dict(sampling, temperature=chosen)
+        sampling = dict(sampling, **swept['chosen'])
     shown = list(range(min(len(classes), 20)))  # the sample grids show up to 20 classes
     grid_labels = [y for y in shown for _ in range(num_samples)]
     results = []
@@ -315,7 +316,7 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
         print(f"quality (reference classifier, {ref_acc:.4f} on {info['title']} test): reconstructions read correctly "
               f"{q['reconstruction_fidelity']:.4f}, Frechet distance {q['reconstruction_frechet']:.2f}, precision "
               f"{q['reconstruction_precision']:.3f}, recall {q['reconstruction_recall']:.3f}; {q['generated']} generated "
-              f"at iteration {q['iter']}, temperature {q['temperature']:g}: fidelity {q['generation_fidelity']:.4f}, "
+              f"at iteration {q['iter']}, guidance {q['guidance']:g}, temperature {q['temperature']:g}: fidelity {q['generation_fidelity']:.4f}, "
               f"Frechet distance {q['generation_frechet']:.2f}, precision {q['generation_precision']:.3f}, recall "
               f"{q['generation_recall']:.3f}, validity {q['generation_validity']:.4f}, {q['distinct_generations']} "
               "distinct")
@@ -351,16 +352,21 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
     print(f"wrote {out_dir}/eval.json, accuracy.png, {'sweep.png, ' if swept else ''}samples_{{iter}}.png")
 
 
-def chosen_temperature(out_dir):
-    """The temperature the evaluation of the run in out_dir chose, or UNSWEPT where none has."""
+def chosen_sampling(out_dir, wanted):
+    """The temperature and guidance the evaluation of the run in out_dir chose, for those of wanted that
+    are -1, or UNSWEPT's where none has."""
     try:
         with open(os.path.join(out_dir, 'eval.json'), encoding='utf-8') as f:
-            t = float(json.load(f)['quality']['temperature'])
+            q = json.load(f)['quality']
+        chosen = {k: float(q[k]) for k, v in wanted.items() if v == -1}
     except (OSError, ValueError, KeyError, TypeError):
-        print(f"temperature {UNSWEPT} (no evaluation in {out_dir} has chosen one yet: run sample.py)")
-        return UNSWEPT
-    print(f"temperature {t:g}, as the evaluation chose ({out_dir}/eval.json; --temperature=T for another)")
-    return t
+        chosen = {k: UNSWEPT[k] for k, v in wanted.items() if v == -1}
+        print(' '.join(f"{k} {v:g}" for k, v in chosen.items())
+              + f" (no evaluation in {out_dir} has chosen one yet: run sample.py)")
+        return dict(wanted, **chosen)
+    print(', '.join(f"{k} {v:g}" for k, v in chosen.items()) + f", as the evaluation chose ({out_dir}/eval.json; "
+          + ', '.join(f"--{k}=X" for k in chosen) + " for another)")
+    return dict(wanted, **chosen)
 
 
 device = pick_device(device)
@@ -374,16 +380,18 @@ data_dir = data_dir or trained_data_dir(paths[-1])
 meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
 tok = check_tokenizer(meta, data_dir).to(device)
-auto = temperature == -1
-if auto and mode in ('generate', 'complete', 'next', 'serve'):  # the modes that draw
-    temperature = chosen_temperature(out_dir)
-sampling = dict(temperature=UNSWEPT if temperature == -1 else temperature, top_k=top_k, guidance=guidance,
-                batch_size=batch_size)
+wanted = dict(temperature=temperature, guidance=guidance)
+swept = [k for k, v in wanted.items() if v == -1]
+if swept and mode in ('generate', 'complete', 'next', 'serve'):  # the modes that draw
+    wanted = chosen_sampling(out_dir, wanted)
+# eval sweeps the grid of what is left at -1 (the rest at its one value)
+grid = [(g, t) for g in ([float(x) for x in sweep_guidance.split(',') if x.strip()] if guidance == -1 else [guidance])
+        for t in ([float(x) for x in sweep.split(',') if x.strip()] if temperature == -1 else [temperature])] if swept else []
+sampling = dict({k: UNSWEPT[k] if v == -1 else v for k, v in wanted.items()}, top_k=top_k, batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':
     evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, reference,
-             fidelity_samples, [float(t) for t in sweep.split(',') if t.strip()] if auto else [], sweep_images,
-             caption_images, next_images)
+             fidelity_samples, grid, sweep_images, caption_images, next_images)
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)

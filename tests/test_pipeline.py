@@ -78,7 +78,7 @@ def test_train_and_sample(work):
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
     p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', '--sweep=0.5,1.0',
-                   '--sweep_images=200', cwd=work)
+                   '--sweep_guidance=1,2', '--sweep_images=200', cwd=work)
     meta = json.loads((work / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]  # the newest run's only
@@ -96,14 +96,17 @@ def test_train_and_sample(work):
         assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
     assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
     assert 'test accuracy' in p.stdout
-    sweep = report['sweep']  # the temperature chosen on validation images, then used for every drawing
-    assert [r['temperature'] for r in sweep['rows']] == [0.5, 1.0] and sweep['images'] == 200
-    assert q['temperature'] == sweep['chosen'] in (0.5, 1.0) and (out / 'sweep.png').is_file()
-    assert f"chosen {sweep['chosen']:g}" in p.stdout
+    sweep = report['sweep']  # the guidance and temperature chosen on validation images, then used for every drawing
+    assert [(r['guidance'], r['temperature']) for r in sweep['rows']] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
+    chosen = sweep['chosen']
+    assert sweep['images'] == 200 and chosen in [{k: r[k] for k in chosen} for r in sweep['rows']]
+    assert (q['guidance'], q['temperature']) == (chosen['guidance'], chosen['temperature'])
+    assert f"chosen guidance {chosen['guidance']:g}, temperature {chosen['temperature']:g}" in p.stdout
+    assert (out / 'sweep.png').is_file()
 
     p = run_script('sample.py', '--out_dir=out/run', '--mode=generate', '--labels=38', '--num_samples=3',
                    '--save_npy=out/run/gen.npy', '--png_dir=out/run/png', '--png_size=64', cwd=work)
-    assert f"temperature {sweep['chosen']:g}, as the evaluation chose" in p.stdout
+    assert f"temperature {chosen['temperature']:g}, guidance {chosen['guidance']:g}, as the evaluation chose" in p.stdout
     images, labels = np.load(out / 'gen.npy'), np.load(out / 'gen_labels.npy')
     assert images.shape == (6, 1, 28, 28) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
     assert labels.tolist() == [3, 3, 3, 8, 8, 8]
@@ -375,7 +378,7 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     assert 'warning: the reference classifier reads only' in p.stdout
     assert [r['iter'] for r in report['checkpoints']] == [10, 20] and report['checkpoints'][-1]['n_test'] == 10
     assert set(q['generation_fidelity_per_class']) == set(classes)
-    assert len(report['sweep']['rows']) == 7 and q['temperature'] == report['sweep']['chosen']
+    assert len(report['sweep']['rows']) == 21 and report['sweep']['chosen'] == {k: q[k] for k in ('guidance', 'temperature')}
     from PIL import Image
     grid = Image.open(tmp_path / 'out/vlm/samples_20.png')
     assert grid.mode == 'RGB' and grid.width > 3 * 2 * 18 + 40  # three images a row and the class names left of them

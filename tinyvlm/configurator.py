@@ -218,10 +218,14 @@ RULES = {
     'temperature': number(0, 10),
     'sample.py:temperature': lambda v: None if v == -1 or 0 <= v <= 10 else
                              '-1 (the one the evaluation chose) or a number from 0 to 10',
-    'sweep': lambda v: None if all(_is_temperature(t) for t in v.split(',')) or not v.strip() else
+    'sweep': lambda v: None if all(_is_number(t, 0, 10) for t in v.split(',')) or not v.strip() else
              "temperatures separated by commas, like 0.6,0.8,1.0, each from 0 to 10 (or '' for none)",
     'top_k': integer(0),
     'guidance': number(0, 100),
+    'sample.py:guidance': lambda v: None if v == -1 or 0 <= v <= 100 else
+                          '-1 (the one the evaluation chose) or a number from 0 to 100',
+    'sweep_guidance': lambda v: None if all(_is_number(g, 0, 100) for g in v.split(',')) or not v.strip() else
+                      "guidance scales separated by commas, like 1,1.5,2, each from 0 to 100 (or '' for none)",
     'views': integer(1, 9),
     'view_threshold': number(0, 1),
     'save_npy': writable_file,
@@ -257,9 +261,9 @@ CROSS = [  # rules over several settings of one script: (settings, rule taking t
 ]
 
 
-def _is_temperature(t):
+def _is_number(x, lo, hi):
     try:
-        return 0 <= float(t) <= 10
+        return lo <= float(x) <= hi
     except ValueError:
         return False
 

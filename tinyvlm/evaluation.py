@@ -2,9 +2,9 @@
 A trained model scored on the test split: how well it reads (accuracy with its standard error, the
 most frequent confusions), and, by the data set's reference classifier (reference.py), how well the
 tokenizer's reconstructions and the model's drawings keep the class (fidelity) and look like the real
-images (the Frechet distance between the reference's features). The sampling temperature is chosen
-on the validation split (temperature_sweep, knee): drawings as faithful as they get while they stay
-near the real images.
+images (the Frechet distance between the reference's features). The sampling temperature and guidance
+are chosen on the validation split (sampling_sweep, knee): drawings as faithful as they get while they
+stay near the real images.
 """
 import math
 
@@ -145,32 +145,34 @@ def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_cl
                 **{k: sampling[k] for k in ('temperature', 'top_k', 'guidance')})
 
 
-def temperature_sweep(model, codec, tok, cnn, images, labels, codes, temperatures, sampling, seed):
-    """Drawings of images' classes (one per image) at each temperature, judged as quality() judges them
-    against images (the validation split: the temperature is chosen without the test split).
-    -> the reconstructions' Frechet distance, and per temperature its fidelity, Frechet distance,
+def sampling_sweep(model, codec, tok, cnn, images, labels, codes, grid, sampling, seed):
+    """Drawings of images' classes (one per image) at each (guidance, temperature) of grid, judged as
+    quality() judges them against images (the validation split: the setting is chosen without the test
+    split). -> the reconstructions' Frechet distance, and per setting its fidelity, Frechet distance,
     precision and recall."""
     real = classify_images(cnn, images, features=True).cpu().numpy()
     recon = judged(cnn, tok.decode(codes.to(images.device), sampling['batch_size']), real)['frechet']
     rows = []
-    for t in temperatures:
+    for g, t in grid:
         drawn = generate_images(model, codec, tok, labels.tolist(), torch.Generator(images.device).manual_seed(seed),
-                                **dict(sampling, temperature=t), progress=Progress(f"temperature {t}", len(labels), 'images'))[0]
+                                **dict(sampling, guidance=g, temperature=t),
+                                progress=Progress(f"guidance {g:g}, temperature {t:g}", len(labels), 'images'))[0]
         j = judged(cnn, drawn.to(images.device), real)
-        rows.append(dict(temperature=t, fidelity=(j['read'] == labels.cpu()).float().mean().item(), frechet=j['frechet'],
-                         precision=j['precision'], recall=j['recall']))
+        rows.append(dict(guidance=g, temperature=t, fidelity=(j['read'] == labels.cpu()).float().mean().item(),
+                         frechet=j['frechet'], precision=j['precision'], recall=j['recall']))
     return recon, rows
 
 
 def knee(rows, recon_frechet, n, within=3.0):
-    """The temperature whose drawings read as their class most often among those whose Frechet distance
-    is at most `within` times the reconstructions' (the tokenizer's own floor: lower temperatures draw
-    more faithfully but alike), the smallest Frechet distance breaking ties within one standard error
-    of the best fidelity. Without any that near, the nearest. -> (the temperature, the distance allowed)"""
+    """The setting whose drawings read as their class most often among those whose Frechet distance is
+    at most `within` times the reconstructions' (the tokenizer's own floor: lower temperatures and
+    stronger guidance draw more faithfully but alike), the smallest Frechet distance breaking ties
+    within one standard error of the best fidelity. Without any that near, the nearest.
+    -> (its row, the distance allowed)"""
     limit = within * recon_frechet
     near = [r for r in rows if r['frechet'] <= limit]
     if not near:
-        return min(rows, key=lambda r: r['frechet'])['temperature'], limit
+        return min(rows, key=lambda r: r['frechet']), limit
     best = max(r['fidelity'] for r in near)
     tied = [r for r in near if r['fidelity'] >= best - math.sqrt(best * (1 - best) / n)]
-    return min(tied, key=lambda r: r['frechet'])['temperature'], limit
+    return min(tied, key=lambda r: r['frechet']), limit

@@ -96,20 +96,24 @@ def plot_accuracy(results, path, title):
 
 
 def plot_sweep(rows, recon_frechet, limit, chosen, path, title):
-    """Each temperature's drawings: fidelity against Frechet distance, with the reconstructions' distance,
-    the most evaluation.knee allows and the chosen temperature marked."""
+    """Each setting's drawings: fidelity against Frechet distance, a line per guidance through its
+    temperatures, with the reconstructions' distance, the most evaluation.knee allows and the chosen
+    setting marked."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x, y = [r['frechet'] for r in rows], [r['fidelity'] for r in rows]
-    ax.plot(x, y, marker='o')
-    for r in rows:
-        ax.annotate(f"{r['temperature']:g}", (r['frechet'], r['fidelity']), textcoords='offset points', xytext=(4, 4),
-                    fontweight='bold' if r['temperature'] == chosen else 'normal')
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for g in sorted({r['guidance'] for r in rows}):
+        line = [r for r in rows if r['guidance'] == g]
+        ax.plot([r['frechet'] for r in line], [r['fidelity'] for r in line], marker='o', label=f"guidance {g:g}")
+        for r in line:
+            ax.annotate(f"{r['temperature']:g}", (r['frechet'], r['fidelity']), textcoords='offset points', xytext=(4, 4),
+                        fontsize=8, fontweight='bold' if r is chosen else 'normal')
+    ax.plot([chosen['frechet']], [chosen['fidelity']], marker='o', ms=12, mfc='none', mec='black', ls='none',
+            label='chosen')
     ax.axvline(recon_frechet, color='gray', ls='--', label='reconstructions')
     ax.axvline(limit, color='gray', ls=':', label='the most allowed')
     ax.set_xlabel('Frechet distance to the validation images (reference features)')
-    ax.set_ylabel('fidelity (drawings read as their class)')
-    ax.set_title(f"{title}: temperature {chosen:g} chosen")
+    ax.set_ylabel('fidelity (drawings read as their class; labels: temperature)')
+    ax.set_title(f"{title}: guidance {chosen['guidance']:g}, temperature {chosen['temperature']:g}", fontsize=10)
     ax.legend(loc='lower right')
     ax.grid(alpha=0.3)
     fig.tight_layout()

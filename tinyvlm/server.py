@@ -75,7 +75,7 @@ def image_from(request, info):
 
 def setting(request, key, default, kind):
     """A sampling setting of a request, checked by the command line's rule (configurator.RULES), never
-    sample.py's -1 for the evaluation's temperature: the page is given the temperature itself."""
+    sample.py's -1 for the evaluation's choice: the page is given the temperature and guidance themselves."""
     value = request.get(key, default)
     if kind is float and type(value) is int:
         value = float(value)

@@ -14,8 +14,8 @@ of `repeats` timed runs after a warm-up, with their min and max.
 - classify: the classes of the 10,000 test images read once; classify_views: with a second look at
   unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
 - pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
-The sampling settings below are sample.py's defaults, repeated here so that the bench measures the
-same work whatever sample.py is told.
+The sampling settings below are sample.py's (before an evaluation chooses them), repeated here so that
+the bench measures the same work whatever sample.py is told.
 """
 import json
 import os
@@ -45,7 +45,7 @@ out_dir = 'out/vlm'            # the trained default model that sampling is time
 data_dir = 'data/vlm'
 n_samples = 10000
 batch_size = 250               # sample.py's defaults: images per forward pass, ...
-temperature = 0.9
+temperature = 0.9              # ... its sampling before an evaluation has chosen one (the time does not depend on it),
 guidance = 1.5
 views = 9                      # ... the second look at unsure readings
 view_threshold = 0.95

@@ -1,7 +1,8 @@
 # MNIST read at the limit: the default model over the default data, trained five times as long in one
-# cosine (docs/experiments.md), after the first command's vqvae.py and prepare.py:
+# cosine, its answers weighted more (docs/experiments.md), after the first command's vqvae.py and prepare.py:
 # python train.py config/train_mnist_limit.py && python sample.py --out_dir=out/limit
 out_dir = 'out/limit'
+label_weight = 30.0   # at the plateau of the default weight, reading gets more of the gradient
 max_iters = 6000
 lr_decay_iters = 6000
 cycles = 1

@@ -5,4 +5,4 @@ out_dir = 'out/vqvae_fashion'
 levels = '8,5,5,5'   # 1000 codes: clothes' textures need more than the 125 that draw a digit
 hidden = 128         # keeps more of the texture that tells a shirt from a T-shirt: it reads better
 latent_norm = True   # without it, 128 channels leave most codes unused (one latent stuck at a level)
-max_epochs = 10      # its reconstructions keep more of what tells clothes apart than 4 epochs'
+max_epochs = 5       # 10 keep a little more of what tells clothes apart, for twice the time (docs/experiments.md)

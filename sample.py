@@ -64,7 +64,7 @@ guidance = -1.0             # classifier-free guidance scale, against 'image:' w
                             # chooses from sweep_guidance, as the temperature (1.5 before any eval)
 sweep = '0.4,0.5,0.6,0.7,0.8,0.9,1.0'  # eval with temperature -1: the temperatures tried on the validation split,
 sweep_guidance = '1,1.5,2'  # ... with guidance -1: the guidance scales tried at each,
-sweep_images = 1000         # ... on up to this many of its images each
+sweep_images = 500          # ... each (guidance, temperature) on up to this many of its images
 top_k = 0                   # 0 = all codes; else only the k most likely at each step
 views = 9                   # classify and eval: images read with top probability < view_threshold are read
 view_threshold = 0.95       # again moved one pixel each way (and mirrored where prepare.py's flip), views readings

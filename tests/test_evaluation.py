@@ -24,4 +24,5 @@ def test_knee_takes_the_most_faithful_drawings_near_the_data():
     chosen = knee([row(0.7, 0.997, 1.2, 3.0), row(0.7, 0.994, 0.7), row(0.7, 0.980, 0.5, 1.0)], 0.3, 1000)[0]
     assert (chosen['guidance'], chosen['temperature']) == (1.5, 0.7)
     # a perfect score ties the next one down: 999 of 1,000 is as good as 1,000 and nearer the data
-    assert knee([row(0.6, 1.0, 0.9), row(0.8, 0.999, 0.7), row(1.0, 0.997, 0.6)], 0.3, 1000)[0]['temperature'] == 0.8
+    rows = [row(0.6, 1.0, 0.8), row(0.8, 0.999, 0.7), row(1.0, 0.998, 0.6)]
+    assert knee(rows, 0.3, 1000)[0]['temperature'] == 0.8 and knee(rows, 0.3, 100)[0]['temperature'] == 1.0

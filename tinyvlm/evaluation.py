@@ -174,6 +174,6 @@ def knee(rows, recon_frechet, n, within=3.0):
     if not near:
         return min(rows, key=lambda r: r['frechet']), limit
     best = max(r['fidelity'] for r in near)
-    p = (best * n + 1) / (n + 2)  # Laplace's estimate: a perfect score still has an error (1,000 of 1,000 ties 999)
+    p = (best * n + 2) / (n + 4)  # Agresti and Coull's: a perfect score still has an error (1,000 of 1,000 ties 999)
     tied = [r for r in near if r['fidelity'] >= best - math.sqrt(p * (1 - p) / n)]
     return min(tied, key=lambda r: r['frechet']), limit

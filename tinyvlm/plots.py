@@ -100,7 +100,7 @@ def plot_sweep(rows, recon_frechet, limit, chosen, path, title):
     temperatures, with the reconstructions' distance, the most evaluation.knee allows and the chosen
     setting marked."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     for g in sorted({r['guidance'] for r in rows}):
         line = [r for r in rows if r['guidance'] == g]
         ax.plot([r['frechet'] for r in line], [r['fidelity'] for r in line], marker='o', label=f"guidance {g:g}")
@@ -114,7 +114,7 @@ def plot_sweep(rows, recon_frechet, limit, chosen, path, title):
     ax.set_xlabel('Frechet distance to the validation images (reference features)')
     ax.set_ylabel('fidelity (drawings read as their class; labels: temperature)')
     ax.set_title(f"{title}: guidance {chosen['guidance']:g}, temperature {chosen['temperature']:g}", fontsize=10)
-    ax.legend(loc='lower right')
+    ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize=8)  # outside: the lines fill the plot
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))

@@ -381,12 +381,12 @@ meta = load_meta(data_dir)
 codec = Codec.from_meta(meta)
 tok = check_tokenizer(meta, data_dir).to(device)
 wanted = dict(temperature=temperature, guidance=guidance)
-swept = [k for k, v in wanted.items() if v == -1]
-if swept and mode in ('generate', 'complete', 'next', 'serve'):  # the modes that draw
+unset = [k for k, v in wanted.items() if v == -1]
+if unset and mode in ('generate', 'complete', 'next', 'serve'):  # the modes that draw
     wanted = chosen_sampling(out_dir, wanted)
 # eval sweeps the grid of what is left at -1 (the rest at its one value)
 grid = [(g, t) for g in ([float(x) for x in sweep_guidance.split(',') if x.strip()] if guidance == -1 else [guidance])
-        for t in ([float(x) for x in sweep.split(',') if x.strip()] if temperature == -1 else [temperature])] if swept else []
+        for t in ([float(x) for x in sweep.split(',') if x.strip()] if temperature == -1 else [temperature])] if unset else []
 sampling = dict({k: UNSWEPT[k] if v == -1 else v for k, v in wanted.items()}, top_k=top_k, batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':

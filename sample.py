@@ -21,11 +21,11 @@ the most frequent confusions, a grid of generated images per checkpoint (samples
 class), accuracy against iteration (accuracy.png), the quality of the tokenizer's reconstructions and
 of generated images as a reference classifier sees them, and all figures in out_dir/eval.json. Its
 drawings are made at the temperature and guidance it chooses on the validation split (sweep,
-sweep_guidance; sweep.png), which the other modes then take too. A run that learnt tasks of two images (prepare.py's shares) is scored on
-those too: the sums of as many test pairs as test images, and what it draws after each of next_images
-test images for 'next'; and on the caption tasks: images drawn from the captions of caption_images test images (their
-class and, for MNIST's and Fashion-MNIST's captions, each style word measured on them), and the captions
-written of those images.
+sweep_guidance; sweep.png), which the other modes then take too. A run that learnt tasks of two images
+(prepare.py's shares) is scored on those too: the sums of as many test pairs as test images, and what
+it draws after each of next_images test images for 'next'; and on the caption tasks: images drawn from
+the captions of caption_images test images (their class and, for MNIST's and Fashion-MNIST's captions,
+each style word measured on them), and the captions written of those images.
 """
 import json
 import os
@@ -244,8 +244,8 @@ def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
              reference, fidelity_samples, grid, sweep_images, caption_images, next_images):
     """Each task the run learnt, scored on the test split: the sampling setting chosen on the validation
-    split (of a grid of (guidance, temperature), if given: evaluation.knee), then every checkpoint of the run read (the
-    class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
+    split (of a grid of (guidance, temperature), if given: evaluation.knee), then every checkpoint of the
+    run read (the class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
     class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes), the
     tokenizer's reconstructions and the images it answers next_images test images with ('next') scored
     by the reference classifier."""
@@ -361,7 +361,7 @@ def chosen_sampling(out_dir, wanted):
         chosen = {k: float(q[k]) for k, v in wanted.items() if v == -1}
     except (OSError, ValueError, KeyError, TypeError):
         chosen = {k: UNSWEPT[k] for k, v in wanted.items() if v == -1}
-        print(' '.join(f"{k} {v:g}" for k, v in chosen.items())
+        print(', '.join(f"{k} {v:g}" for k, v in chosen.items())
               + f" (no evaluation in {out_dir} has chosen one yet: run sample.py)")
         return dict(wanted, **chosen)
     print(', '.join(f"{k} {v:g}" for k, v in chosen.items()) + f", as the evaluation chose ({out_dir}/eval.json; "

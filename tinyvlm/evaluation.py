@@ -165,8 +165,8 @@ def sampling_sweep(model, codec, tok, cnn, images, labels, codes, grid, sampling
 
 def knee(rows, recon_frechet, n, within=3.0):
     """The setting whose drawings read as their class most often among those whose Frechet distance is
-    at most `within` times the reconstructions' (the tokenizer's own floor: lower temperatures and
-    stronger guidance draw more faithfully but alike), the smallest Frechet distance breaking ties
+    at most `within` times the reconstructions' (the tokenizer's own floor: lower temperatures draw more
+    faithfully but alike), the smallest Frechet distance breaking ties
     within one standard error of the best fidelity. Without any that near, the nearest.
     -> (its row, the distance allowed)"""
     limit = within * recon_frechet

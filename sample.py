@@ -385,8 +385,10 @@ unset = [k for k, v in wanted.items() if v == -1]
 if unset and mode in ('generate', 'complete', 'next', 'serve'):  # the modes that draw
     wanted = chosen_sampling(out_dir, wanted)
 # eval sweeps the grid of what is left at -1 (the rest at its one value)
-grid = [(g, t) for g in ([float(x) for x in sweep_guidance.split(',') if x.strip()] if guidance == -1 else [guidance])
-        for t in ([float(x) for x in sweep.split(',') if x.strip()] if temperature == -1 else [temperature])] if unset else []
+floats = lambda spec: [float(x) for x in spec.split(',') if x.strip()]
+guidances = floats(sweep_guidance) if guidance == -1 else [guidance]
+temperatures = floats(sweep) if temperature == -1 else [temperature]
+grid = [(g, t) for g in guidances for t in temperatures] if unset else []
 sampling = dict({k: UNSWEPT[k] if v == -1 else v for k, v in wanted.items()}, top_k=top_k, batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':

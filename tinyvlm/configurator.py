@@ -44,6 +44,14 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False):
     return rule
 
 
+def numbers(lo, hi, what, example):
+    """A comma-separated list of numbers from lo to hi, or '' for none (sample.py's sweeps)."""
+    def rule(v):
+        if v.strip() and not all(_is_number(x, lo, hi) for x in v.split(',')):
+            return f"{what} separated by commas, like {example}, each from {lo} to {hi} (or '' for none)"
+    return rule
+
+
 def one_of(*choices):
     def rule(v):
         if v not in choices:
@@ -218,14 +226,12 @@ RULES = {
     'temperature': number(0, 10),
     'sample.py:temperature': lambda v: None if v == -1 or 0 <= v <= 10 else
                              '-1 (the one the evaluation chose) or a number from 0 to 10',
-    'sweep': lambda v: None if all(_is_number(t, 0, 10) for t in v.split(',')) or not v.strip() else
-             "temperatures separated by commas, like 0.6,0.8,1.0, each from 0 to 10 (or '' for none)",
+    'sweep': numbers(0, 10, 'temperatures', '0.6,0.8,1.0'),
     'top_k': integer(0),
     'guidance': number(0, 100),
     'sample.py:guidance': lambda v: None if v == -1 or 0 <= v <= 100 else
                           '-1 (the one the evaluation chose) or a number from 0 to 100',
-    'sweep_guidance': lambda v: None if all(_is_number(g, 0, 100) for g in v.split(',')) or not v.strip() else
-                      "guidance scales separated by commas, like 1,1.5,2, each from 0 to 100 (or '' for none)",
+    'sweep_guidance': numbers(0, 100, 'guidance scales', '1,1.5,2'),
     'views': integer(1, 9),
     'view_threshold': number(0, 1),
     'save_npy': writable_file,

@@ -4,6 +4,7 @@ of `repeats` timed runs after a warm-up, with their min and max.
 
     python bench.py                  # needs the default pipeline's outputs (out/vqvae, data/vlm, out/vlm)
     python bench.py --pipeline=True --idx_dir=../shared/mnist   # first run the four scripts here, timed
+    python bench.py --pipeline=True --pipeline_config=speedrun --idx_dir=../shared/mnist   # config/*_speedrun.py
 
 - matmul_peak: the device's dense matmul rate in float32 and in bfloat16; the faster is the yardstick for
   model FLOPs utilisation (MFU), so that training in the slower dtype cannot look efficient
@@ -13,7 +14,8 @@ of `repeats` timed runs after a warm-up, with their min and max.
 - generate: 10,000 class -> image samples (grammar-constrained, with guidance, key/value cache)
 - classify: the classes of the 10,000 test images read once; classify_views: with a second look at
   unsure images (views); tokenizer_encode / tokenizer_decode: 10,000 images
-- pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once)
+- pipeline_*: wall time of vqvae.py, prepare.py, train.py and sample.py with their defaults (once), or
+  with config/SCRIPT_NAME.py where it exists for pipeline_config NAME
 The sampling settings below are sample.py's (before an evaluation chooses them), repeated here so that
 the bench measures the same work whatever sample.py is told.
 """
@@ -53,6 +55,7 @@ train_configs = 'default,config/train_mnist_vlm_seed.py'
 train_window = 10              # iterations per timed training window (repeats windows after one warm-up)
 train_procs = '1,2'            # train.py run as this many processes (torchrun, which share the cores)
 pipeline = False               # also run the whole default pipeline (minutes) and time each stage
+pipeline_config = ''           # NAME: each script with config/SCRIPT_NAME.py where that exists ('speedrun')
 idx_dir = ''                   # MNIST for the pipeline: see vqvae.py
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -164,12 +167,19 @@ def sampling():
 
 
 def whole_pipeline():
-    """The four scripts with their defaults, here, as a user runs them (their
-    outputs replace out/vqvae, data/vlm and out/vlm, which the sampling figures then use)."""
-    total = 0.0
+    """The four scripts with their defaults (or pipeline_config's files), here, as a user runs them: their
+    outputs replace those in out/ and data/, and the sampling figures then use them. -> (out_dir, data_dir)"""
+    total, out = 0.0, 'out/vlm'
     for script, args in (('vqvae.py', [f'--idx_dir={os.path.abspath(idx_dir)}'] if idx_dir else []),
                          ('prepare.py', []), ('train.py', []), ('sample.py', [])):
         args += [] if script == 'prepare.py' else [f'--device={device}']
+        cfg = os.path.join(HERE, 'config', f'{script[:-3]}_{pipeline_config}.py')
+        if pipeline_config and os.path.isfile(cfg):
+            args.insert(0, cfg)
+            if script == 'sample.py':  # where its eval.json goes
+                ns = {}
+                exec(compile(open(cfg, encoding='utf-8').read(), cfg, 'exec'), ns)
+                out = ns.get('out_dir', out)
         t = time.perf_counter()
         p = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True)
         dt = time.perf_counter() - t
@@ -177,11 +187,12 @@ def whole_pipeline():
             raise Error(f"{script} failed in the pipeline: {p.stderr.strip().splitlines()[-1]}")
         total += dt
         report(f'pipeline_{script[:-3]}', [dt], 's')
-    ev = json.load(open(os.path.join('out', 'vlm', 'eval.json')))
-    q = ev['quality']
+    ev = json.load(open(os.path.join(out, 'eval.json'), encoding='utf-8'))
+    q = ev['quality']  # what sample.py judged (nothing with judge=False)
     report('pipeline_total', [total], 's', classification_accuracy=ev['checkpoints'][-1]['classification_accuracy'],
            **{k: q[k] for k in ('generation_fidelity', 'generation_frechet', 'generation_validity',
-                                'distinct_generations', 'reconstruction_fidelity', 'reconstruction_frechet')})
+                                'distinct_generations', 'reconstruction_fidelity', 'reconstruction_frechet') if k in q})
+    return out, ev['data_dir']
 
 
 torch.manual_seed(seed)
@@ -189,7 +200,7 @@ print(json.dumps(dict(name='machine', device=device, torch=torch.__version__, th
                       cpu_count=os.cpu_count(), gpu=torch.cuda.get_device_name() if device.startswith('cuda') else None)))
 matmul_peak()
 if pipeline:
-    whole_pipeline()
+    out_dir, data_dir = whole_pipeline()
 for cfg in filter(None, train_configs.split(',')):
     for procs in (int(n) for n in str(train_procs).split(',')):
         train_throughput(cfg, procs)

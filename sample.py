@@ -80,6 +80,9 @@ reference = ''              # eval: the reference classifier; '' = assets/refere
                             # (MNIST, Fashion-MNIST), else out/reference_NAME.pt, trained there on first use
 caption_images = 2000       # eval: test images whose captions are drawn and written (caption tasks)
 next_images = 2000          # eval: test images answered with the next class, named and drawn (next)
+judge = True                # eval: also judge the drawings (and the tokenizer's reconstructions) by the reference
+                            # classifier: the sweep, fidelity, Frechet distance, the drawing tasks' scores; False =
+                            # only read every checkpoint and draw its grid (a speedrun's evaluation)
 fidelity_samples = 0        # eval: images generated per class for fidelity and Frechet distance; 0 = as many as the
                             # test split holds of it (a Frechet distance is biased by the sizes of its two sets)
 host = '127.0.0.1'          # serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
@@ -242,21 +245,23 @@ def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             reference, fidelity_samples, grid, sweep_images, caption_images, next_images):
+             judge, reference, fidelity_samples, grid, sweep_images, caption_images, next_images):
     """Each task the run learnt, scored on the test split: the sampling setting chosen on the validation
     split (of a grid of (guidance, temperature), if given: evaluation.knee), then every checkpoint of the
     run read (the class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
     class; then the last one's drawings (fidelity_samples per class, 0: the test split's classes), the
     tokenizer's reconstructions and the images it answers next_images test images with ('next') scored
-    by the reference classifier."""
+    by the reference classifier (all that it judges, only if judge)."""
     info, classes = meta['dataset'], codec.classes
     learnt = {t for t, w in meta['shares'].items() if w}
     test_codes = load_split(data_dir, 'test', meta)[1]
     test_images, test_labels = (t.to(device) for t in load_images(data_dir, 'test', meta))
-    ref_path = reference or shipped_or_trained(meta)
-    cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
+    to_judge = learnt if judge else set()  # the tasks whose drawings the reference classifier judges
+    if judge:
+        ref_path = reference or shipped_or_trained(meta)
+        cnn, ref_acc = reference_classifier(ref_path, meta, data_dir, device, dtype)
     swept = None
-    if grid and 'generation' in learnt:
+    if grid and 'generation' in to_judge:
         model = load_model(paths[-1], meta, data_dir, device, dtype)[0]
         val_images, val_labels = (t[:sweep_images].to(device) for t in load_images(data_dir, 'val', meta))
         val_codes = load_split(data_dir, 'val', meta)[1][:sweep_images]
@@ -303,14 +308,16 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
         print(f"{r['checkpoint']} (iteration {r['iter']}): " + ('; '.join(said) or f"val loss {r['val_loss']:.4f}"),
               flush=True)
 
-    q = dict(iter=ck['iter_num'], reference=ref_path, reference_test_accuracy=ref_acc, reference_warning=None)
+    q = dict(iter=ck['iter_num'])
     read = results[-1].get('classification_accuracy')
+    if judge:
+        q.update(reference=ref_path, reference_test_accuracy=ref_acc, reference_warning=None)
     # a judge that reads real images worse than the model does cannot tell its drawings' errors from its own
-    if ref_acc < 0.9 or read is not None and ref_acc < read - results[-1]['classification_stderr']:
+    if judge and (ref_acc < 0.9 or read is not None and ref_acc < read - results[-1]['classification_stderr']):
         q['reference_warning'] = (f"the reference classifier reads only {ref_acc:.4f} of the real test images (the "
                                   f"model {read:.4f}): fidelity figures are bounded by its errors as much as by the model's")
         print(f"warning: {q['reference_warning']}")
-    if 'generation' in learnt:
+    if 'generation' in to_judge:
         q.update(quality(model, codec, tok, cnn, test_images, test_labels, test_codes, fidelity_samples, sampling,
                          seed + 1))
         print(f"quality (reference classifier, {ref_acc:.4f} on {info['title']} test): reconstructions read correctly "
@@ -320,12 +327,12 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
               f"Frechet distance {q['generation_frechet']:.2f}, precision {q['generation_precision']:.3f}, recall "
               f"{q['generation_recall']:.3f}, validity {q['generation_validity']:.4f}, {q['distinct_generations']} "
               "distinct")
-    if 'next' in learnt:
+    if 'next' in to_judge:
         n = min(next_images, len(test_codes))
         q.update(next_scores(model, codec, tok, cnn, test_codes[:n], test_labels[:n], sampling, seed + 4))
         print(f"next: after {q['next_images']} test images, the class named is the next {q['next_named']:.4f}, the "
               f"image drawn read as it {q['next_fidelity']:.4f} \u00b1 {q['next_stderr']:.4f} (reference classifier)")
-    if learnt & {'illustration', 'captioning'}:
+    if to_judge & {'illustration', 'captioning'}:
         n = min(caption_images, len(test_codes))
         q.update(caption_scores(model, codec, tok, cnn, learnt, load_captions(data_dir, 'test', meta)[:n],
                                 test_images[:n], test_labels[:n], test_codes[:n], meta['captions'], sampling,
@@ -392,8 +399,8 @@ grid = [(g, t) for g in guidances for t in temperatures] if unset else []
 sampling = dict({k: UNSWEPT[k] if v == -1 else v for k, v in wanted.items()}, top_k=top_k, batch_size=batch_size)
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':
-    evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, reference,
-             fidelity_samples, grid, sweep_images, caption_images, next_images)
+    evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, judge,
+             reference, fidelity_samples, grid, sweep_images, caption_images, next_images)
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)

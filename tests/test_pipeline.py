@@ -128,6 +128,13 @@ def test_train_and_sample(work):
     seen = np.asarray(Image.open(out / 'classify_input.png').convert('L'))
     assert seen.shape == (28, 28) and seen.max() > 200  # light digit on black, as MNIST
 
+    # only reading (a speedrun's evaluation): no reference, no sweep, no drawings judged
+    p = run_script('sample.py', '--out_dir=out/run', '--judge=False', '--num_samples=2', cwd=work)
+    report = json.loads((out / 'eval.json').read_text())
+    assert report['quality'] == {'iter': 20} and report['sweep'] is None and 'reference' not in p.stdout
+    assert [r['iter'] for r in report['checkpoints']] == [10, 20] and 'test accuracy' in p.stdout
+    assert all(0 <= r['classification_accuracy'] <= 1 for r in report['checkpoints'])
+
 
 def test_tasks_of_two_images(work):
     """MNIST addition (sums alone, and with the work shown) and next written, trained and scored end to

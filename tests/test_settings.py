@@ -124,6 +124,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('bench.py', 'n_samples', 0, 'a positive whole number'),
     ('bench.py', 'train_window', 0, 'a positive whole number'),
     ('bench.py', 'train_procs', '1,0', 'process counts separated by commas'),
+    ('bench.py', 'pipeline_config', 'nosuch', "where config/SCRIPT_NAME.py files exist, like 'speedrun'"),
 ]
 CROSS = [
     ('vqvae.py', ['--stages=2', '--kind=1d'], "stages above 1 need kind 'conv' and quantizer 'fsq'"),

@@ -20,6 +20,7 @@ from tinyvlm import Error
 from tinyvlm.sequences import MAX_CODES, TASKS
 
 SIMPLE = (bool, int, float, str, type(None))
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'config')  # the repo's config/
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ RULES = {
     'compile': lambda v: None if v is True or v is False or v == 'auto' else "True, False or 'auto' (compile where it pays, timed here)",
     'seed': integer(0, 2 ** 63 - 1),
     'bias': None, 'muon': None, 'embed_codes': None, 'decay_lr': None, 'pipeline': None,
-    'flip': None, 'latent_norm': None,  # bools: the type says it all
+    'flip': None, 'latent_norm': None, 'judge': None,  # bools: the type says it all
     # using the model
     'mode': one_of('eval', 'generate', 'classify', 'complete', 'add', 'next', 'caption', 'serve'),
     'prompt': None,                     # a caption: checked against the model's characters when it is read
@@ -247,6 +248,9 @@ RULES = {
     'n_samples': integer(1),
     'train_configs': None,              # config files: a missing one is reported when train.py reads it
     'train_window': integer(1),
+    'pipeline_config': lambda v: None if not v or any(os.path.isfile(os.path.join(CONFIG, f'{s}_{v}.py'))
+                                                      for s in ('vqvae', 'prepare', 'train', 'sample')) else
+                       "'' (the defaults) or NAME where config/SCRIPT_NAME.py files exist, like 'speedrun'",
     'train_procs': lambda v: None if all(x.strip().isdigit() and int(x) >= 1 for x in str(v).split(',')) else
                    'process counts separated by commas, like 1,2',
 }

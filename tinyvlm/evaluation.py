@@ -113,10 +113,12 @@ def judged(cnn, images, real):
     """Images (N, C, S, S) as the reference classifier sees them, against the real images' features
     (numpy): its readings (N,) on the CPU, the Frechet distance of its features to the real ones, and
     their precision and recall (reference.precision_recall: faithful apart from diverse)."""
-    features = classify_images(cnn, images, features=True).cpu().numpy()
+    features = classify_images(cnn, images, features=True)
+    with torch.no_grad():  # the logits from the same features: the convolutions run once
+        read = cnn.head(features).argmax(1).cpu()
+    features = features.cpu().numpy()
     precision, recall = precision_recall(real, features)
-    return dict(read=classify_images(cnn, images).argmax(1).cpu(), frechet=frechet_distance(features, real),
-                precision=precision, recall=recall)
+    return dict(read=read, frechet=frechet_distance(features, real), precision=precision, recall=recall)
 
 
 def quality(model, codec, tok, cnn, test_images, test_labels, test_codes, per_class, sampling, seed):

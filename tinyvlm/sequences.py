@@ -97,6 +97,7 @@ class Codec:
         if not isinstance(tasks, dict):
             tasks = {name: TASKS[name].replace('{key}', key) for name in (tasks or SINGLE)}
         self.tasks = tasks
+        self._split = {}  # each task's template in pieces (_parts)
         self.sums = []  # the values a {sum} can take, in the order reading scores them
         if any('{sum}' in t for t in tasks.values()):
             if not all(re.fullmatch(r'[0-9]{1,6}', c) for c in self.classes):
@@ -224,39 +225,46 @@ class Codec:
             fields['label'] = (self.classes[label], [self.label_ids[label]])
         if label2 is not None:
             fields['label2'] = (self.classes[label2], [self.label_ids[label2]])
-        if codes is not None:
-            fields['image'] = (self.image_text(codes), [self.code_offset + int(c) for c in codes])
-        if codes2 is not None:
-            fields['image2'] = (self.image_text(codes2), [self.code_offset + int(c) for c in codes2])
+        for field, cs in (('image', codes), ('image2', codes2)):
+            if cs is not None:  # an array's own tolist(): prepare.py writes millions of codes
+                cs = cs.tolist() if hasattr(cs, 'tolist') else [int(c) for c in cs]
+                fields[field] = (self.image_text(cs), [self.code_offset + c for c in cs])
         if label is not None and label2 is not None and self.sums:
             s = self.sum_of(label, label2)
             fields['sum'] = (str(self.sums[s]), [self.sum_ids[s]])
         return fields
 
     def _parts(self, task, upto):
-        """A task's template split into text pieces and '{field}'s, up to (not including) field upto."""
-        parts = [p for p in re.split(r'(\{\w+\})', self.tasks[task]) if p]
+        """A task's template split into text pieces and '{field}'s, up to (not including) field upto
+        (split once per task: prepare.py writes a sequence for every image)."""
+        if task not in self._split:
+            self._split[task] = [p for p in re.split(r'(\{\w+\})', self.tasks[task]) if p]
+        parts = self._split[task]
         return parts[:parts.index('{' + upto + '}')] if upto else parts
+
+    def _text(self, parts, values):
+        return ''.join(values.get(p[1:-1], ('',))[0] if p.startswith('{') else p for p in parts)
+
+    def _ids(self, parts, values):
+        return [i for p in parts for i in (values[p[1:-1]][1] if p.startswith('{') else [self.stoi[p]])]
 
     def text(self, task, label=None, codes=None, upto=None, label2=None, codes2=None, caption=None):
         """A task's sequence for a class and an image (and a second, for a task of two; a caption) as
         text, without padding; with upto (a field: 'label', 'image', 'image2', 'sum', 'caption'), only what
         comes before it."""
-        values = self._values(label, codes, label2, codes2, caption)
-        return ''.join(values.get(p[1:-1], ('',))[0] if p.startswith('{') else p for p in self._parts(task, upto))
+        return self._text(self._parts(task, upto), self._values(label, codes, label2, codes2, caption))
 
     def tokens(self, task, label=None, codes=None, upto=None, label2=None, codes2=None, caption=None):
         """The same as token ids: each piece of template text one token, the class name one, each code
         one, each character of a caption one."""
-        values = self._values(label, codes, label2, codes2, caption)
-        return [i for p in self._parts(task, upto) for i in (values[p[1:-1]][1] if p.startswith('{') else [self.stoi[p]])]
+        return self._ids(self._parts(task, upto), self._values(label, codes, label2, codes2, caption))
 
     def line(self, task, label, codes, label2=None, codes2=None, caption=None):
         """One sequence padded to block_size: (its text, its token ids)."""
-        ids = self.tokens(task, label, codes, label2=label2, codes2=codes2, caption=caption)
+        parts, values = self._parts(task, None), self._values(label, codes, label2, codes2, caption)
+        ids = self._ids(parts, values)
         pad = self.block_size - len(ids)
-        return (self.text(task, label, codes, label2=label2, codes2=codes2, caption=caption) + PAD * pad,
-                ids + [self.stoi[PAD]] * pad)
+        return self._text(parts, values) + PAD * pad, ids + [self.stoi[PAD]] * pad
 
     def prompts(self, task, field, labels=None, codes=None, device='cpu', labels2=None, codes2=None, captions=None):
         """Token ids (N, T) of a task's beginning before field, one row per label or per image's codes

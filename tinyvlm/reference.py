@@ -160,8 +160,9 @@ def precision_recall(real, fake, k=3, chunk=1000):
     recall the share of real samples inside the fake manifold, how much of the data they cover."""
     real, fake = torch.as_tensor(real, dtype=torch.float32), torch.as_tensor(fake, dtype=torch.float32)
 
-    def radii(x):  # each sample's distance to its k-th nearest neighbour in x, itself excluded
-        return torch.cat([torch.cdist(x[i:i + chunk], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), chunk)])
+    def radii(x):  # each sample's distance to its k-th nearest neighbour in x, itself excluded (topk: faster than kthvalue)
+        return torch.cat([torch.cdist(x[i:i + chunk], x).topk(k + 1, dim=1, largest=False).values[:, -1]
+                          for i in range(0, len(x), chunk)])
 
     def inside(x, y, r):  # the share of x within r of some sample of y
         near = [(torch.cdist(x[i:i + chunk], y) <= r).any(1) for i in range(0, len(x), chunk)]

@@ -19,7 +19,8 @@ folder's meta.json). eval reads the class of every test image from the prompt 'i
 image moved one pixel each way and averaged, see views), and reports accuracy with its standard error,
 the most frequent confusions, a grid of generated images per checkpoint (samples_{iter}.png, one row a
 class), accuracy against iteration (accuracy.png), the quality of the tokenizer's reconstructions and
-of generated images as a reference classifier sees them, and all figures in out_dir/eval.json. Its
+of generated images as a reference classifier sees them (not with --judge=False, which only reads and
+draws the grids, as the speedrun does), and all figures in out_dir/eval.json. Its
 drawings are made at the temperature and guidance it chooses on the validation split (sweep,
 sweep_guidance; sweep.png), which the other modes then take too. A run that learnt tasks of two images
 (prepare.py's shares) is scored on those too: the sums of as many test pairs as test images, and what

@@ -32,7 +32,7 @@ import torch
 
 from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model
-from tinyvlm.configurator import configure
+from tinyvlm.configurator import configure, read_config
 from tinyvlm.inference import generate_images, mirrored, read_labels
 from tinyvlm.plumbing import matmul_rate, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import load_images, load_meta, load_split
@@ -177,9 +177,7 @@ def whole_pipeline():
         if pipeline_config and os.path.isfile(cfg):
             args.insert(0, cfg)
             if script == 'sample.py':  # where its eval.json goes
-                ns = {}
-                exec(compile(open(cfg, encoding='utf-8').read(), cfg, 'exec'), ns)
-                out = ns.get('out_dir', out)
+                out = read_config(cfg)[1].get('out_dir', out)
         t = time.perf_counter()
         p = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True)
         dt = time.perf_counter() - t

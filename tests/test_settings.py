@@ -133,7 +133,7 @@ CROSS = [
     ('train.py', ['--batch_size=10', '--gradient_accumulation_steps=3'], 'must be a multiple of gradient_accumulation_steps'),
     ('train.py', ['--min_lr=0.1', '--learning_rate=0.01'], 'min_lr (0.1) must be at most learning_rate (0.01)'),
     ('train.py', ['--max_iters=50', '--lr_decay_iters=50'], 'warmup_iters (100) must be at most lr_decay_iters (50)'),
-    ('train.py', ['--device=cpu', '--dtype=float16'], "dtype 'float16' needs a GPU"),
+    ('train.py', ['--device=cpu', '--dtype=float16'], "dtype 'float16' needs a GPU"),    ('bench.py', ['--pipeline_config=speedrun'], 'add --pipeline=True'),
 ]
 
 

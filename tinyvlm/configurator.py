@@ -264,6 +264,8 @@ CROSS = [  # rules over several settings of one script: (settings, rule taking t
     (('batch_size', 'gradient_accumulation_steps'), lambda b, s: None if b % s == 0 else
      f"batch_size ({b}) must be a multiple of gradient_accumulation_steps ({s})"),
     (('min_lr', 'learning_rate'), lambda lo, hi: None if lo <= hi else f"min_lr ({lo}) must be at most learning_rate ({hi})"),
+    (('pipeline_config', 'pipeline'), lambda c, p: None if not c or p else
+     "pipeline_config names the configs of a pipeline run: add --pipeline=True"),
     (('warmup_iters', 'lr_decay_iters'), lambda w, d: None if w <= d else
      f"warmup_iters ({w}) must be at most lr_decay_iters ({d}): the learning rate warms up, then decays"),
     (('device', 'dtype'), lambda d, t: "dtype 'float16' needs a GPU (device 'cuda' or 'mps'); use 'bfloat16' or "
@@ -328,6 +330,18 @@ def _coerce(key, old, new, where):
                 f"got {type(new).__name__} {new!r} from {where}")
 
 
+def read_config(path):
+    """A config file's text and the settings it sets (its simple, lower-case globals)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+        ns = {}
+        exec(compile(source, path, 'exec'), ns)
+    except Exception as e:
+        raise Error(f"config file '{path}' failed: {type(e).__name__}: {e}")
+    return source, {k: v for k, v in ns.items() if not k.startswith('_') and not k.isupper() and isinstance(v, SIMPLE)}
+
+
 def configure(g, argv=None):
     """Override the simple globals of `g` from argv, check them all; return the resulting {key: value}."""
     argv = sys.argv[1:] if argv is None else argv
@@ -369,17 +383,10 @@ def configure(g, argv=None):
                 raise Error(f"config file '{arg}' not found (expected a Python file of key = value lines, or "
                             f"--key=value)")
             print(f"Overriding config with {arg}:")
-            try:
-                with open(arg, encoding='utf-8') as f:
-                    source = f.read()
-                ns = {}
-                exec(compile(source, arg, 'exec'), ns)
-            except Exception as e:
-                raise Error(f"config file '{arg}' failed: {type(e).__name__}: {e}")
+            source, values = read_config(arg)
             print(source)
-            for key, value in ns.items():
-                if not key.startswith('_') and not key.isupper() and isinstance(value, SIMPLE):
-                    put(key, value, arg)
+            for key, value in values.items():
+                put(key, value, arg)
     config = {k: g[k] for k in keys}
     check_all(config, script)
     return config

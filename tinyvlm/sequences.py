@@ -242,10 +242,10 @@ class Codec:
         parts = self._split[task]
         return parts[:parts.index('{' + upto + '}')] if upto else parts
 
-    def _text(self, parts, values):
+    def _text(self, parts, values):  # the template's parts filled with the fields' text (_values)
         return ''.join(values.get(p[1:-1], ('',))[0] if p.startswith('{') else p for p in parts)
 
-    def _ids(self, parts, values):
+    def _ids(self, parts, values):  # ... and with their token ids
         return [i for p in parts for i in (values[p[1:-1]][1] if p.startswith('{') else [self.stoi[p]])]
 
     def text(self, task, label=None, codes=None, upto=None, label2=None, codes2=None, caption=None):

@@ -158,6 +158,16 @@ def test_settings_that_must_agree(script, argv, message, monkeypatch):
         configure(script, *argv)
 
 
+def test_a_setting_of_either_type_takes_either_after_a_config_file(monkeypatch):
+    """compile is True, False or 'auto': a config file's 'auto' does not make --compile=False a string."""
+    monkeypatch.chdir(REPO)
+    for arg, value in (('--compile=False', False), ('--compile=True', True), ('--compile=auto', 'auto')):
+        got = configure('train.py', 'config/train_fashion.py', arg)['compile']
+        assert got == value and type(got) is type(value)
+    with pytest.raises(Error, match="compile='maybe' is not allowed"):
+        configure('train.py', 'config/train_fashion.py', '--compile=maybe')
+
+
 def snapshot(folder):
     out = {}
     for root, _, files in os.walk(folder):

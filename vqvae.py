@@ -18,7 +18,10 @@ more codes and channels. FSQ rather than a learned codebook for the conv tokeniz
 needs no auxiliary losses. Binary cross-entropy needs the decoder's output bias to start at the mean pixel's
 logit and a learning-rate warm-up: without them every image can get the same code. The checkpoint
 carries the data set (datasets.load_dataset's info), so prepare.py, train.py and sample.py need not
-be told it again.
+be told it again. With class_weight a small classifier of the quantized latents joins the loss, as
+tokenizers meant for understanding as well as drawing are trained with a semantic objective beside
+reconstruction (VILA-U, Wu et al. 2024, https://arxiv.org/abs/2409.04429; UniTok, Ma et al. 2025,
+https://arxiv.org/abs/2502.20321): the codes keep more of what tells the classes apart.
 """
 import math
 import os
@@ -26,6 +29,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.nn import functional as F
 
 from tinyvlm.checkpoints import save_checkpoint
@@ -60,6 +64,8 @@ latent_norm = False        # fsq: standardise each latent channel (batch statist
 codebook_size = 26         # vq only: 26 or fewer codes become the letters A..Z
 beta = 0.25                # vq only: commitment cost
 loss = 'bce'               # 'bce': pixels as Bernoulli logits (sharper); 'mse': squared error (the published MLP's)
+class_weight = 0.0         # > 0: a classifier of the quantized latents adds this times its cross-entropy to the loss
+                           # (the docstring says why); it is not saved: the codes are what it leaves behind
 learning_rate = 1e-3       # Adam
 warmup_iters = 200         # linear learning-rate warm-up (bce without it can send every image to one code)
 batch_size = 128
@@ -100,6 +106,7 @@ g = torch.Generator().manual_seed(seed)
 t0 = time.time()
 splits, info = load_dataset(dataset, idx_dir, image_size)
 train, val, test = (as_float(splits[s][0], device) for s in ('train', 'val', 'test'))
+train_y, val_y = (torch.as_tensor(splits[s][1]).to(device) for s in ('train', 'val'))
 fitted = {}
 if kind == '':
     share = two_colour_share(train[:2000]) if info['channels'] == 3 else 0.0
@@ -132,16 +139,30 @@ if quantizer == 'vq':
         tok.quantizer.init_kmeans(z.reshape(-1, z.size(-1)).cpu(), generator=g)
 print(f"{kind} tokenizer, {quantizer}: {tok.tokens_per_image} tokens per image from {tok.codebook_size} codes, "
       f"{sum(p.numel() for p in tok.parameters()):,} parameters", flush=True)
-optimizer = torch.optim.Adam(tok.parameters(), lr=learning_rate)
+head = None
+if class_weight > 0:  # latents of every token, flattened -> a hidden layer -> the classes
+    with torch.no_grad():
+        width = tok.eval()(train[:1])[3].flatten(1).size(1)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, len(info['classes']))).to(device)
+    print(f"and a classifier of its latents ({sum(p.numel() for p in head.parameters()):,} parameters), "
+          f"weighted {class_weight}")
+optimizer = torch.optim.Adam(list(tok.parameters()) + (list(head.parameters()) if head else []), lr=learning_rate)
 dtype = pick_dtype(device, dtype)
 ctx = autocast(device, dtype)
+
+
+def loss_of(x, y):
+    """The tokenizer's loss on images x, with class_weight the classifier's on their labels y as well."""
+    _, _, loss, zq = tok(x)
+    return loss + class_weight * F.cross_entropy(head(zq).float(), y) if head else loss
 
 
 @torch.no_grad()
 def val_loss():
     tok.eval()
     with ctx:
-        vl = sum(tok(val[i:i + 2000])[2].item() * len(val[i:i + 2000]) for i in range(0, len(val), 2000)) / len(val)
+        vl = sum(loss_of(val[i:i + 2000], val_y[i:i + 2000]).item() * len(val[i:i + 2000])
+                 for i in range(0, len(val), 2000)) / len(val)
     tok.train()
     return vl
 
@@ -156,7 +177,7 @@ for epoch in range(max(max_epochs, math.ceil(min_iters / batches))):
         for group in optimizer.param_groups:
             group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
         with ctx:
-            _, _, batch_loss = tok(train[perm[i:i + batch_size]])
+            batch_loss = loss_of(train[perm[i:i + batch_size]], train_y[perm[i:i + batch_size]])
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()

@@ -37,6 +37,6 @@ def test_residual_fsq_coarse_to_fine():
     assert z.grad.abs().sum() > 0
     tok = make_tokenizer(kind='conv', quantizer='fsq', grid=4, hidden=16, levels=(5, 3), stages=2)
     x = torch.rand(5, 1, 28, 28)
-    recon, codes, _ = tok(x)
+    recon, codes, _, _ = tok(x)
     assert tok.tokens_per_image == 32 and codes.shape == (5, 32) and torch.equal(tok.encode(x), codes)
     assert tok.decode(codes).shape == x.shape and tok.model_args['stages'] == 2

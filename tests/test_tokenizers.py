@@ -12,7 +12,7 @@ def test_vqvae_shapes_and_kmeans(tokens, codes):
     tok = make_tokenizer(kind='mlp', quantizer='vq', hidden=128, loss='mse', tokens_per_image=tokens, codebook_size=codes,
                          latent_dim=32)
     x = torch.rand(64, 1, 28, 28)
-    recon, c, loss = tok(x)
+    recon, c, loss, _ = tok(x)
     assert recon.shape == x.shape and c.shape == (64, tokens) and loss.item() > 0
     z = tok.encode_latents(x).reshape(-1, 32 // tokens).detach()
     tok.quantizer.init_kmeans(z[:max(codes, 64 * tokens)], iters=2, generator=torch.Generator().manual_seed(0))
@@ -25,7 +25,7 @@ def test_vqvae_bce_decodes_logits(kind):
     torch.manual_seed(0)
     tok = make_tokenizer(kind=kind, quantizer='fsq', hidden=16, levels=(5, 3), tokens_per_image=4, loss='bce')
     x = (torch.rand(5, 1, 28, 28) > 0.8).float()
-    recon, codes, loss = tok(x)
+    recon, codes, loss, _ = tok(x)
     assert 0 < recon.min() <= recon.max() < 1 and loss.item() > 0
     assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy(recon, x), atol=1e-4)
     assert torch.allclose(tok.decode(codes), recon, atol=1e-6)
@@ -38,7 +38,7 @@ def test_conv_tokenizer_grid(grid, quantizer, size, channels):
     tok = make_tokenizer(kind='conv', quantizer=quantizer, grid=grid, hidden=16, levels=(5, 3), codebook_size=40, latent_dim=6,
                 image_size=size, channels=channels)
     x = torch.rand(5, channels, size, size)
-    recon, codes, loss = tok(x)
+    recon, codes, loss, _ = tok(x)
     assert tok.tokens_per_image == grid * grid and codes.shape == (5, grid * grid)
     assert tok.codebook_size == (15 if quantizer == 'fsq' else 40) and codes.max() < tok.codebook_size
     assert recon.shape == x.shape and torch.equal(tok.encode(x), codes)

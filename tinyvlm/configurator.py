@@ -178,6 +178,7 @@ RULES = {
     'tokens_per_image': integer(1, 4096),
     'codebook_size': integer(1, MAX_CODES),
     'beta': number(0, 100),
+    'class_weight': number(0, 100),
     'max_epochs': integer(1),
     'min_iters': integer(0),
     'patience': integer(1),

@@ -57,11 +57,11 @@ class Tokenizer(nn.Module):
 
     def forward(self, x):
         """-> reconstruction (B, C, S, S) in [0, 1], codes (B, tokens_per_image), loss (reconstruction +
-        quantiser)."""
+        quantiser), and the quantized latents the decoder read (what vqvae.py's class_weight classifies)."""
         zq, codes, q_loss = self.quantizer(self.encode_latents(x))
         out = self.pixels(zq).float()
         rec_loss = F.binary_cross_entropy_with_logits(out, x) if self.loss == 'bce' else F.mse_loss(out, x)
-        return self.to_image(out), codes, rec_loss + q_loss
+        return self.to_image(out), codes, rec_loss + q_loss, zq
 
     @torch.no_grad()
     def encode(self, x, batch_size=1000):
@@ -234,7 +234,7 @@ class InkTokenizer(ConvTokenizer):
         out = self.pixels(zq).float()
         rec_loss = (F.binary_cross_entropy_with_logits(out, target) if self.loss == 'bce' else
                     F.mse_loss(out, target))
-        return self.compose(lead, self.to_image(out)), torch.cat([lead, grid_codes], 1), rec_loss + q_loss
+        return self.compose(lead, self.to_image(out)), torch.cat([lead, grid_codes], 1), rec_loss + q_loss, zq
 
     @torch.no_grad()
     def encode(self, x, batch_size=1000):

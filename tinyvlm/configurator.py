@@ -366,7 +366,7 @@ def configure(g, argv=None):
             key, eq, text = arg[2:].partition('=')
             if not eq:
                 raise Error(f"expected --key=value, got '{arg}'")
-            if isinstance(g.get(key), str) and key not in EITHER:  # EITHER: 'auto' now, False next
+            if isinstance(g.get(key), str) and key not in EITHER:  # a config file's compile='auto' may become False
                 value = text  # a string setting takes the text as written (--labels=007 stays '007')
                 if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"':
                     value = text[1:-1]

@@ -21,7 +21,8 @@ carries the data set (datasets.load_dataset's info), so prepare.py, train.py and
 be told it again. With class_weight a small classifier of the quantized latents joins the loss, as
 tokenizers meant for understanding as well as drawing are trained with a semantic objective beside
 reconstruction (VILA-U, Wu et al. 2024, https://arxiv.org/abs/2409.04429; UniTok, Ma et al. 2025,
-https://arxiv.org/abs/2502.20321): the codes keep more of what tells the classes apart.
+https://arxiv.org/abs/2502.20321): the codes keep more of what tells the classes apart, and each epoch
+says how many val images that classifier reads right (metrics.json keeps the best epoch's).
 """
 import math
 import os
@@ -152,22 +153,31 @@ ctx = autocast(device, dtype)
 
 
 def loss_of(x, y):
-    """The tokenizer's loss on images x, with class_weight the classifier's on their labels y as well."""
+    """The tokenizer's loss on images x, with class_weight the classifier's on their labels y as well, and
+    that classifier's logits (None without one)."""
     _, _, loss, zq = tok(x)
-    return loss + class_weight * F.cross_entropy(head(zq).float(), y) if head else loss
+    if not head:
+        return loss, None
+    logits = head(zq).float()
+    return loss + class_weight * F.cross_entropy(logits, y), logits
 
 
 @torch.no_grad()
-def val_loss():
+def evaluate():
+    """The validation loss, and the share of val images the classifier of the codes reads right (None
+    without one): what the codes keep of the classes."""
     tok.eval()
+    total, right = 0.0, 0
     with ctx:
-        vl = sum(loss_of(val[i:i + 2000], val_y[i:i + 2000]).item() * len(val[i:i + 2000])
-                 for i in range(0, len(val), 2000)) / len(val)
+        for i in range(0, len(val), 2000):
+            loss, logits = loss_of(val[i:i + 2000], val_y[i:i + 2000])
+            total += loss.item() * len(val[i:i + 2000])
+            right += 0 if logits is None else (logits.argmax(1) == val_y[i:i + 2000]).sum().item()
     tok.train()
-    return vl
+    return total / len(val), right / len(val) if head else None
 
 
-best, best_state, bad_epochs, step = float('inf'), None, 0, 0
+best, best_state, best_reading, bad_epochs, step = float('inf'), None, None, 0, 0
 batches = math.ceil(len(train) / batch_size)
 for epoch in range(max(max_epochs, math.ceil(min_iters / batches))):
     tok.train()
@@ -177,20 +187,21 @@ for epoch in range(max(max_epochs, math.ceil(min_iters / batches))):
         for group in optimizer.param_groups:
             group['lr'] = learning_rate * min(1.0, (step + 1) / (warmup_iters + 1))
         with ctx:
-            batch_loss = loss_of(train[perm[i:i + batch_size]], train_y[perm[i:i + batch_size]])
+            batch_loss = loss_of(train[perm[i:i + batch_size]], train_y[perm[i:i + batch_size]])[0]
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()
         step += 1
         progress.update()
-    vl = val_loss()
+    vl, va = evaluate()
     if vl < best - 1e-6:
-        best, bad_epochs = vl, 0
+        best, best_reading, bad_epochs = vl, va, 0
         best_state = {k: v.detach().clone() for k, v in tok.state_dict().items()}
     else:
         bad_epochs += 1
     print(f"epoch {epoch + 1}: train loss {batch_loss.item():.4f}, val loss {vl:.4f}"
-          f"{'' if bad_epochs else ' (best)'} [{time.time() - t0:.0f}s]", flush=True)
+          f"{'' if bad_epochs else ' (best)'}{'' if va is None else f', its classifier reads val {va:.4f}'} "
+          f"[{time.time() - t0:.0f}s]", flush=True)
     if bad_epochs >= patience:
         print(f"early stop: no better validation loss for {patience} epochs")
         break
@@ -198,7 +209,8 @@ tok.load_state_dict(best_state)
 tok.eval()
 
 metrics = dict(test=tokenizer_metrics(tok, test), train=tokenizer_metrics(tok, train),
-               epochs=epoch + 1, val_loss=best, train_seconds=time.time() - t0)
+               epochs=epoch + 1, val_loss=best, train_seconds=time.time() - t0,
+               **({} if head is None else dict(val_class_accuracy=best_reading)))
 m = metrics['test']
 print(f"test reconstruction MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB; codebook perplexity "
       f"{m['perplexity']:.1f} of {tok.codebook_size}, dead codes on train {metrics['train']['dead_codes']}")

@@ -469,6 +469,9 @@ def test_tokenizer_trained_to_tell_classes_apart(tmp_path, kind):
     p = run_script('vqvae.py', f'--dataset={root}', f'--kind={kind}', '--hidden=16', '--max_epochs=1', '--min_iters=0',
                    '--class_weight=1', cwd=tmp_path)
     assert re.search(r'and a classifier of its latents \([\d,]+ parameters\), weighted 1\.0', p.stdout)
+    assert re.search(r'epoch 1: .*, its classifier reads val [01]\.\d{4} ', p.stdout)
+    metrics = json.loads((tmp_path / 'out/vqvae/metrics.json').read_text(encoding='utf-8'))
+    assert 0 <= metrics['val_class_accuracy'] <= 1
     ck = torch.load(tmp_path / 'out/vqvae/ckpt.pt', weights_only=True)
     assert ck['config']['class_weight'] == 1.0
     assert ck['model'].keys() == make_tokenizer(**ck['model_args']).state_dict().keys()  # the tokenizer's weights alone

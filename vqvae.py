@@ -22,7 +22,8 @@ be told it again. With class_weight a small classifier of the quantized latents 
 tokenizers meant for understanding as well as drawing are trained with a semantic objective beside
 reconstruction (VILA-U, Wu et al. 2024, https://arxiv.org/abs/2409.04429; UniTok, Ma et al. 2025,
 https://arxiv.org/abs/2502.20321): the codes keep more of what tells the classes apart, and each epoch
-says how many val images that classifier reads right (metrics.json keeps the best epoch's).
+says how many val images that classifier reads right (metrics.json: that of the epoch saved, the one of
+the lowest validation loss).
 """
 import math
 import os
@@ -156,7 +157,7 @@ def loss_of(x, y):
     """The tokenizer's loss on images x, with class_weight the classifier's on their labels y as well, and
     that classifier's logits (None without one)."""
     _, _, loss, zq = tok(x)
-    if not head:
+    if head is None:
         return loss, None
     logits = head(zq).float()
     return loss + class_weight * F.cross_entropy(logits, y), logits

@@ -26,7 +26,9 @@ sweep_guidance; sweep.png), which the other modes then take too. A run that lear
 (prepare.py's shares) is scored on those too: the sums of as many test pairs as test images, and what
 it draws after each of next_images test images for 'next'; and on the caption tasks: images drawn from
 the captions of caption_images test images (their class and, for MNIST's and Fashion-MNIST's captions,
-each style word measured on them), and the captions written of those images.
+each style word measured on them), and the captions written of those images. With fit_images, the last
+checkpoint also reads that many images of the training, validation and test splits once each: a model
+that reads its training images far better than the others fits them rather than the task.
 """
 import json
 import os
@@ -38,14 +40,14 @@ import torch
 from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model, run_checkpoints, trained_data_dir
 from tinyvlm.configurator import configure
-from tinyvlm.evaluation import (addition_scores, caption_scores, knee, next_scores, quality, reading_scores,
-                                sampling_sweep, validity)
+from tinyvlm.evaluation import (addition_scores, caption_scores, fit_scores, knee, next_scores, quality,
+                                reading_scores, sampling_sweep, validity)
 from tinyvlm.images import read_image_file, save_image_grid, save_png
 from tinyvlm.inference import (answer_next, complete_images, draw_captions, generate_images, kept_rows, kept_view,
                                mirrored, read_labels, read_sums, write_captions)
 from tinyvlm.plots import plot_accuracy, plot_sweep
 from tinyvlm.plumbing import Progress, pick_device, pick_dtype, safe_name, start_script, write_json, write_npy
-from tinyvlm.prepared import load_captions, load_images, load_meta, load_split
+from tinyvlm.prepared import load_array, load_captions, load_images, load_meta, load_split
 from tinyvlm.reference import reference_classifier, shipped_or_trained
 from tinyvlm.sequences import Codec
 from tinyvlm.server import Page, serve
@@ -81,6 +83,9 @@ reference = ''              # eval: the reference classifier; '' = assets/refere
                             # (MNIST, Fashion-MNIST), else out/reference_NAME.pt, trained there on first use
 caption_images = 2000       # eval: test images whose captions are drawn and written (caption tasks)
 next_images = 2000          # eval: test images answered with the next class, named and drawn (next)
+fit_images = 0              # eval: also read this many images of each split (train, val, test) once, unmoved, at the
+                            # last checkpoint: accuracy and the true class's mean NLL, how much better the model reads
+                            # the images it trained on than new ones (0 = not)
 judge = True                # eval: also judge the drawings (and the tokenizer's reconstructions) by the reference
                             # classifier: the sweep, fidelity, Frechet distance, the drawing tasks' scores; False =
                             # only read every checkpoint and draw its grid (a speedrun's evaluation)
@@ -246,7 +251,7 @@ def draw_next(model, codec, tok, x, names, num_samples, sampling, generator, out
 
 
 def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir,
-             judge, reference, fidelity_samples, grid, sweep_images, caption_images, next_images):
+             judge, reference, fidelity_samples, grid, sweep_images, caption_images, next_images, fit_images):
     """Each task the run learnt, scored on the test split: the sampling setting chosen on the validation
     split (of a grid of (guidance, temperature), if given: evaluation.knee), then every checkpoint of the
     run read (the class of every test image; the sums of as many test pairs), with a grid of num_samples drawings per
@@ -309,6 +314,17 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
         print(f"{r['checkpoint']} (iteration {r['iter']}): " + ('; '.join(said) or f"val loss {r['val_loss']:.4f}"),
               flush=True)
 
+    if fit_images:
+        if 'classification' not in learnt:
+            raise Error(f"fit_images reads images' classes: the run in {out_dir} did not learn classification")
+        splits = {}
+        for split in ('train', 'val', 'test'):
+            images, labels = load_images(data_dir, split, meta)
+            codes = torch.from_numpy(load_array(data_dir, f'{split}_codes.npy', meta)[:fit_images].astype(np.int64))
+            splits[split] = (images[:fit_images].to(device), labels[:fit_images], codes)  # the originals come first
+        fit = results[-1]['fit'] = fit_scores(model, codec, tok, splits, reading['batch_size'])
+        print(f"{results[-1]['checkpoint']}, each split's first {fit_images} images read once, unmoved: accuracy (the "
+              "true class's mean NLL) " + ', '.join(f"{k} {v['accuracy']:.4f} ({v['nll']:.3f})" for k, v in fit.items()))
     q = dict(iter=ck['iter_num'])
     read = results[-1].get('classification_accuracy')
     if judge:
@@ -401,7 +417,7 @@ sampling = dict({k: UNSWEPT[k] if v == -1 else v for k, v in wanted.items()}, to
 reading = dict(views=views, threshold=view_threshold, mirror=mirrored(meta), batch_size=batch_size)
 if mode == 'eval':
     evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading, num_samples, seed, out_dir, judge,
-             reference, fidelity_samples, grid, sweep_images, caption_images, next_images)
+             reference, fidelity_samples, grid, sweep_images, caption_images, next_images, fit_images)
 else:
     model, ck = load_model(paths[0], meta, data_dir, device, dtype)
     generator = torch.Generator(device).manual_seed(seed)

@@ -78,7 +78,7 @@ def test_train_and_sample(work):
     out = work / 'out/run'
     assert {'ckpt.pt', 'ckpt_10.pt', 'ckpt_20.pt'} <= set(os.listdir(out))
     p = run_script('sample.py', '--out_dir=out/run', '--num_samples=2', '--fidelity_samples=30', '--sweep=0.5,1.0',
-                   '--sweep_guidance=1,2', '--sweep_images=200', cwd=work)
+                   '--sweep_guidance=1,2', '--sweep_images=200', '--fit_images=50', cwd=work)
     meta = json.loads((work / 'data/vlm/meta.json').read_text(encoding='utf-8'))
     report = json.loads((out / 'eval.json').read_text())
     assert [r['iter'] for r in report['checkpoints']] == [10, 20]  # the newest run's only
@@ -96,6 +96,10 @@ def test_train_and_sample(work):
         assert abs(r['classification_stderr'] - (r['classification_accuracy'] * (1 - r['classification_accuracy']) / 1e4) ** 0.5) < 1e-9
     assert (out / 'accuracy.png').is_file() and (out / 'samples_20.png').is_file()
     assert 'test accuracy' in p.stdout
+    fit = report['checkpoints'][-1]['fit']  # the last checkpoint's reading of each split's first images, one view
+    assert 'fit' not in report['checkpoints'][0] and list(fit) == ['train', 'val', 'test']
+    assert all(f['images'] == 50 and 0 <= f['accuracy'] <= 1 and f['nll'] >= 0 for f in fit.values())
+    assert "each split's first 50 images read once, unmoved" in p.stdout
     sweep = report['sweep']  # the guidance and temperature chosen on validation images, then used for every drawing
     assert [(r['guidance'], r['temperature']) for r in sweep['rows']] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
     chosen = sweep['chosen']

@@ -109,6 +109,7 @@ BAD = [  # script, setting, value, what the error says is allowed (at least one 
     ('sample.py', 'temperature', float('inf'), 'or a number from 0 to 10'),
     ('sample.py', 'sweep', '0.5,hot', 'temperatures separated by commas'),
     ('sample.py', 'sweep_images', 0, 'a whole number from 1 to 100000'),
+    ('sample.py', 'fit_images', -1, 'a whole number from 0 to 100000'),
     ('sample.py', 'top_k', -1, 'at least 0'),
     ('sample.py', 'guidance', -0.5, '-1 (the one the evaluation chose) or a number from 0 to 100'),
     ('sample.py', 'sweep_guidance', '1,strong', 'guidance scales separated by commas'),

@@ -243,6 +243,7 @@ RULES = {
     'fidelity_samples': integer(0, 100000),
     'caption_images': integer(1, 100000),
     'next_images': integer(1, 100000),
+    'fit_images': integer(0, 100000),
     'sweep_images': integer(1, 100000),
     # bench
     'repeats': integer(1),

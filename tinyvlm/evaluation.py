@@ -11,7 +11,8 @@ import math
 import torch
 
 from tinyvlm.captions import STYLES, measure_style, read_caption, style_obeyed, style_words
-from tinyvlm.inference import answer_next, draw_captions, generate_images, read_sums, sum_pairs, write_captions
+from tinyvlm.inference import (answer_next, draw_captions, generate_images, read_labels, read_sums, sum_pairs,
+                               write_captions)
 from tinyvlm.plumbing import Progress
 from tinyvlm.reference import classify_images, frechet_distance, precision_recall
 
@@ -29,6 +30,20 @@ def reading_scores(pred, truth, classes):
              for i in torch.argsort(off, descending=True)[:5] if off[i] > 0]
     return dict(classification_accuracy=acc, classification_stderr=math.sqrt(acc * (1 - acc) / n), n_test=n,
                 confusion_pairs=pairs, confusion_matrix=confusion.tolist())
+
+
+def fit_scores(model, codec, tok, splits, batch_size=250):
+    """How well the model reads the images it trained on against new ones: each split's images read once,
+    unmoved (no second look), with the accuracy and the mean negative log-likelihood of the true class.
+    A model that reads its training images far better than the validation split's fits them rather than
+    the task. splits: {name: (images, labels, codes)} -> {name: dict(images, accuracy, nll)}."""
+    out = {}
+    for name, (images, labels, codes) in splits.items():
+        probs = read_labels(model, codec, tok, codes, images, views=1, batch_size=batch_size).cpu()
+        truth = labels.cpu()
+        out[name] = dict(images=len(truth), accuracy=(probs.argmax(1) == truth).float().mean().item(),
+                         nll=-probs[torch.arange(len(truth)), truth].clamp_min(1e-12).log().mean().item())
+    return out
 
 
 def addition_scores(model, codec, tok, task, codes, images, labels, seed, reading):

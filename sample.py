@@ -260,6 +260,8 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
     by the reference classifier (all that it judges, only if judge)."""
     info, classes = meta['dataset'], codec.classes
     learnt = {t for t, w in meta['shares'].items() if w}
+    if fit_images and 'classification' not in learnt:
+        raise Error(f"fit_images reads images' classes: the run in {out_dir} did not learn classification")
     test_codes = load_split(data_dir, 'test', meta)[1]
     test_images, test_labels = (t.to(device) for t in load_images(data_dir, 'test', meta))
     to_judge = learnt if judge else set()  # the tasks whose drawings the reference classifier judges
@@ -315,8 +317,6 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
               flush=True)
 
     if fit_images:
-        if 'classification' not in learnt:
-            raise Error(f"fit_images reads images' classes: the run in {out_dir} did not learn classification")
         splits = {}
         for split in ('train', 'val', 'test'):
             images, labels = load_images(data_dir, split, meta)

@@ -188,6 +188,8 @@ def test_tasks_of_two_images(work):
     assert (work / 'out/sums/accuracy.png').is_file() and not list((work / 'out/sums').glob('samples_*.png'))
     assert 'was not trained on next' in error_line(
         run_script('sample.py', '--out_dir=out/sums', '--mode=next', '--image=0', cwd=work, check=False))
+    assert 'did not learn classification' in error_line(
+        run_script('sample.py', '--out_dir=out/sums', '--fit_images=10', cwd=work, check=False))
 
 
 def test_resume_continues_exactly(work):

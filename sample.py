@@ -320,11 +320,13 @@ def evaluate(paths, meta, data_dir, codec, tok, device, dtype, sampling, reading
         splits = {}
         for split in ('train', 'val', 'test'):
             images, labels = load_images(data_dir, split, meta)
-            codes = torch.from_numpy(load_array(data_dir, f'{split}_codes.npy', meta)[:fit_images].astype(np.int64))
-            splits[split] = (images[:fit_images].to(device), labels[:fit_images], codes)  # the originals come first
+            n = min(fit_images, len(images))  # the originals come first, then the training split's moved copies
+            codes = torch.from_numpy(load_array(data_dir, f'{split}_codes.npy', meta)[:n].astype(np.int64))
+            splits[split] = (images[:n].to(device), labels[:n], codes)
         fit = results[-1]['fit'] = fit_scores(model, codec, tok, splits, reading['batch_size'])
-        print(f"{results[-1]['checkpoint']}, each split's first {fit_images} images read once, unmoved: accuracy (the "
-              "true class's mean NLL) " + ', '.join(f"{k} {v['accuracy']:.4f} ({v['nll']:.3f})" for k, v in fit.items()))
+        print(f"{results[-1]['checkpoint']}, each split's first {fit_images} images (or all it has) read once, unmoved: "
+              "accuracy (the true class's mean NLL, images) "
+              + ', '.join(f"{k} {v['accuracy']:.4f} ({v['nll']:.3f}, {v['images']:,})" for k, v in fit.items()))
     q = dict(iter=ck['iter_num'])
     read = results[-1].get('classification_accuracy')
     if judge:

@@ -99,7 +99,7 @@ def test_train_and_sample(work):
     fit = report['checkpoints'][-1]['fit']  # the last checkpoint's reading of each split's first images, one view
     assert 'fit' not in report['checkpoints'][0] and list(fit) == ['train', 'val', 'test']
     assert all(f['images'] == 50 and 0 <= f['accuracy'] <= 1 and f['nll'] >= 0 for f in fit.values())
-    assert "each split's first 50 images read once, unmoved" in p.stdout
+    assert "each split's first 50 images (or all it has) read once, unmoved" in p.stdout
     sweep = report['sweep']  # the guidance and temperature chosen on validation images, then used for every drawing
     assert [(r['guidance'], r['temperature']) for r in sweep['rows']] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
     chosen = sweep['chosen']
@@ -380,8 +380,11 @@ def test_colour_folder_through_the_whole_pipeline(tmp_path):
     assert any('class:grand Ω' in s for s in lines) and any('class:é' in s for s in lines)
     assert np.load(tmp_path / 'data/vlm/test_images.npy').shape == (10, 3, 16, 16)
     run_script('train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--eval_classify=8', cwd=tmp_path)
-    p = run_script('sample.py', '--num_samples=3', '--fidelity_samples=2', '--views=3', cwd=tmp_path)
+    p = run_script('sample.py', '--num_samples=3', '--fidelity_samples=2', '--views=3', '--fit_images=1000', cwd=tmp_path)
     report = json.loads((tmp_path / 'out/vlm/eval.json').read_text(encoding='utf-8'))
+    fit = report['checkpoints'][-1]['fit']  # more than the splits hold: each read whole, the moved copies left out
+    val = len(np.load(tmp_path / 'data/vlm/val_images.npy'))
+    assert {k: f['images'] for k, f in fit.items()} == dict(train=80, val=val, test=10) and val > 0
     q = report['quality']
     assert report['classes'] == classes and q['generated'] == 20
     assert q['reference'] == 'out/reference_my-images.pt' and (tmp_path / 'out/reference_my-images.pt').is_file()

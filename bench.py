@@ -34,7 +34,7 @@ from tinyvlm import Error
 from tinyvlm.checkpoints import check_tokenizer, load_model
 from tinyvlm.configurator import configure, read_config
 from tinyvlm.inference import generate_images, mirrored, read_labels
-from tinyvlm.plumbing import matmul_rate, pick_device, pick_dtype, start_script
+from tinyvlm.plumbing import matmul_rates, pick_device, pick_dtype, start_script
 from tinyvlm.prepared import load_images, load_meta, load_split
 from tinyvlm.sequences import Codec
 
@@ -99,7 +99,7 @@ def matmul_peak(name='matmul_peak'):
         dt = getattr(torch, dtype)
         # a dtype the device emulates (bfloat16 on a CPU without it) is timed on smaller matrices, so
         # that each timing takes about a second rather than minutes
-        fits = int((matmul_rate(device, dtype, n=256, reps=2) * 1e9 / (2 * reps)) ** (1 / 3))
+        fits = int((matmul_rates(device, (dtype,), n=256, rounds=2)[dtype] * 1e9 / (2 * reps)) ** (1 / 3))
         n = min(4096 if device.startswith('cuda') else 2048, max(256, 1 << (max(fits, 1).bit_length() - 1)))
         a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
         def f():

@@ -35,6 +35,33 @@ def test_entry_point_turns_errors_into_one_line():
     assert p.returncode == 1 and 'Traceback' in p.stderr and 'ZeroDivisionError' in p.stderr
 
 
+def test_dtype_auto_is_not_decided_by_a_passing_load(tmp_path, monkeypatch):
+    """dtype='auto' times float32 and bfloat16 matmuls in turn, so that another program taking a core
+    partway through slows both rather than whichever was being timed; the answer is cached per machine.
+    A fake clock: a bfloat16 matmul takes half a float32's time, and three times as long from the fifth on."""
+    import json
+
+    import torch
+
+    from tinyvlm import plumbing
+    now, done = [0.0], []
+
+    def matmul(a, b):
+        done.append(a.dtype)
+        now[0] += (2.0 if a.dtype == torch.float32 else 1.0) * (3 if len(done) > 4 else 1)
+        return a
+
+    monkeypatch.setattr(torch.Tensor, '__matmul__', matmul)
+    monkeypatch.setattr(plumbing.time, 'perf_counter', lambda: now[0])
+    cache = tmp_path / 'dtype_auto.json'
+    assert plumbing.fast_bf16('cpu', cache=str(cache)) is True
+    assert set(done) == {torch.float32, torch.bfloat16} and done[:4] == [torch.float32, torch.bfloat16] * 2
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry['bfloat16'] is True and entry['gflops']['bfloat16'] == 2 * entry['gflops']['float32']
+    n = len(done)
+    assert plumbing.fast_bf16('cpu', cache=str(cache)) is True and len(done) == n  # from the cache
+
+
 def test_compile_pays_when_it_saves_more_than_it_costs(tmp_path, monkeypatch):
     """compile='auto': timed once per machine and config (warm-up, then alternating windows both ways),
     the gradients it left cleared; then decided from the cache for each run's number of steps."""

@@ -169,6 +169,18 @@ def test_a_setting_of_either_type_takes_either_after_a_config_file(monkeypatch):
         configure('train.py', 'config/train_fashion.py', '--compile=maybe')
 
 
+def test_every_config_file_is_one_of_its_scripts(monkeypatch):
+    """config/SCRIPT_*.py sets only SCRIPT.py's settings, each allowed by its rule: a config file that a
+    rename or a new rule left behind fails here, not in a user's half-hour run."""
+    monkeypatch.chdir(REPO)
+    files = sorted(f for f in os.listdir('config') if f.endswith('.py'))
+    assert 'train_fashion_limit.py' in files
+    for f in files:
+        script = f.split('_')[0] + '.py'
+        assert script in SCRIPTS, f
+        configure(script, os.path.join('config', f))
+
+
 def snapshot(folder):
     out = {}
     for root, _, files in os.walk(folder):

@@ -155,21 +155,24 @@ def pick_device(device='auto'):
     return 'cuda' if torch.cuda.is_available() else 'mps' if has_mps() else 'cpu'
 
 
-def matmul_rate(device, dtype, n=1024, reps=5):
-    """GFLOP/s of an n x n matmul in dtype on device, the best of reps (after a warm-up)."""
-    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    best = float('inf')
-    for i in range(reps + 1):
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
-        if i:
-            best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+def matmul_rates(device, dtypes=('float32', 'bfloat16'), n=1024, rounds=5):
+    """{dtype: GFLOP/s} of an n x n matmul on device, the best of `rounds` timings each (after a warm-up).
+    The dtypes are timed in turn, round after round, so that a load that comes and goes meanwhile (another
+    program taking a core) weighs on each alike, not on whichever happened to be timed then."""
+    pairs = {d: (torch.randn(n, n, device=device, dtype=getattr(torch, d)),
+                 torch.randn(n, n, device=device, dtype=getattr(torch, d))) for d in dtypes}
+    best = {d: float('inf') for d in dtypes}
+    for i in range(rounds + 1):
+        for d, (a, b) in pairs.items():
+            if device.startswith('cuda'):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            a @ b
+            if device.startswith('cuda'):
+                torch.cuda.synchronize()
+            if i:
+                best[d] = min(best[d], time.perf_counter() - t)
+    return {d: 2 * n ** 3 / t / 1e9 for d, t in best.items()}
 
 
 def machine_key():
@@ -206,7 +209,7 @@ def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
     if device != 'cpu':
         return False
     def measure():
-        rates = {d: matmul_rate('cpu', d) for d in ('float32', 'bfloat16')}
+        rates = matmul_rates('cpu')
         return dict(bfloat16=rates['bfloat16'] >= 1.2 * rates['float32'], gflops=rates)
 
     return once_per_machine(cache, machine_key(), measure)['bfloat16']

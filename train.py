@@ -223,9 +223,8 @@ def forward_backward(m, batch, sync=None):
     return loss
 
 
-compiled = None
 if compile == 'auto':  # timed over batches of the validation split (never trained on), the weights untouched
-    compile, times, compiled = compile_pays(model, lambda m, i: forward_backward(m, get_batch('val', -1 - i, 0)),
+    compile, times = compile_pays(model, lambda m, i: forward_backward(m, get_batch('val', -1 - i, 0)),
                                             end_iter - iter_num, dict(model_args, micro_batch=micro_batch,
                                                                       processes=world_size, dtype=dtype), device)
     if ddp:  # every process follows rank 0's measurement
@@ -237,12 +236,10 @@ if compile == 'auto':  # timed over batches of the validation split (never train
     elif master:
         print(f"compile='auto': {'compiling' if compile else 'not compiling'} (a step {times['eager'] * 1000:.0f} ms "
               f"eager, {times['compiled'] * 1000:.0f} ms compiled, after {times['compiling']:.0f} s of compiling"
-              f"{' the first time' if compiled is None else ''}; {end_iter - iter_num:,} steps to go; out/compile_auto.json)")
-if compile and compiled is None:
+              f" the first time; {end_iter - iter_num:,} steps to go; out/compile_auto.json)")
+if compile:
     print("compiling the model...")
     model = torch.compile(model)
-elif compile:
-    model = compiled
 if ddp:
     # no buffers to broadcast (code_features is the same file everywhere): a forward is then no collective,
     # so processes may run their batches as different numbers of length groups

@@ -292,6 +292,31 @@ def test_processes_and_nodes_train_as_one(work):
         assert abs(other['val_loss'] - one['val_loss']) < 1e-4
 
 
+def test_compile_auto_trains_as_the_cached_choice(work, tmp_path):
+    """compile='auto' times the model both ways on its first run here; that run must then train the same
+    weights as a later run that reads its choice from the cache. Two processes, one thread each (as
+    Fashion-MNIST's config trains; bit for bit there): a model compiled outside DDP while it was timed,
+    then trained inside DDP, kept other graphs and ended with other weights. The default model's size:
+    the tiny one's graphs come out the same either way."""
+    torchrun = shutil.which('torchrun')
+    cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run'])
+    args = [os.path.join(REPO, 'train.py'), f"--data_dir={work / 'data/vlm'}", '--batch_size=32', '--eval_iters=2',
+            '--cycles=1', '--eval_classify=100', '--warmup_iters=5', '--max_iters=30', '--lr_decay_iters=30',
+            '--eval_interval=30']
+
+    def train(out, compile):
+        p = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', *args, f'--out_dir={out}',
+                                  f'--compile={compile}'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        return p.stdout, torch.load(tmp_path / out / 'ckpt.pt', weights_only=True)['trained']
+
+    timed, a = train('out/timed', 'auto')
+    choice = re.search(r"compile='auto': (compiling|not compiling)", timed)
+    assert choice and (tmp_path / 'out/compile_auto.json').is_file(), timed[-2000:]
+    _, b = train('out/cached', choice.group(1) == 'compiling')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_clear_errors(work, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()

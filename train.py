@@ -223,8 +223,12 @@ def forward_backward(m, batch, sync=None):
     return loss
 
 
+# one graph for the whole model, not one per gradient bucket (dynamo's DDPOptimizer): the same graphs then
+# whether the model is compiled inside DDP or outside it, as compile='auto' times it, and so the same weights
+torch._dynamo.config.optimize_ddp = False
+compiled = None
 if compile == 'auto':  # timed over batches of the validation split (never trained on), the weights untouched
-    compile, times = compile_pays(model, lambda m, i: forward_backward(m, get_batch('val', -1 - i, 0)),
+    compile, times, compiled = compile_pays(model, lambda m, i: forward_backward(m, get_batch('val', -1 - i, 0)),
                                             end_iter - iter_num, dict(model_args, micro_batch=micro_batch,
                                                                       processes=world_size, dtype=dtype), device)
     if ddp:  # every process follows rank 0's measurement
@@ -236,10 +240,12 @@ if compile == 'auto':  # timed over batches of the validation split (never train
     elif master:
         print(f"compile='auto': {'compiling' if compile else 'not compiling'} (a step {times['eager'] * 1000:.0f} ms "
               f"eager, {times['compiled'] * 1000:.0f} ms compiled, after {times['compiling']:.0f} s of compiling"
-              f" the first time; {end_iter - iter_num:,} steps to go; out/compile_auto.json)")
-if compile:
+              f"{' the first time' if compiled is None else ''}; {end_iter - iter_num:,} steps to go; out/compile_auto.json)")
+if compile and compiled is None:
     print("compiling the model...")
     model = torch.compile(model)
+elif compile:
+    model = compiled
 if ddp:
     # no buffers to broadcast (code_features is the same file everywhere): a forward is then no collective,
     # so processes may run their batches as different numbers of length groups

@@ -1,10 +1,10 @@
 # Fashion-MNIST read at the limit of half an hour on 2 cores (docs/experiments.md): a tokenizer trained twice
 # as long, 16 moved copies of each training image rather than 4, and 6,000 iterations over them, on top of
-# config/train_fashion.py:
+# config/train_fashion.py, and the test split read with the drawings not judged (as the MNIST speedrun):
 # python vqvae.py config/vqvae_fashion.py --idx_dir=../shared/fashion-mnist --max_epochs=10 --out_dir=out/vqvae_fashion_limit
 # python prepare.py config/prepare_fashion.py --tokenizer=out/vqvae_fashion_limit/ckpt.pt --augment=16 --data_dir=data/fashion_limit
 # torchrun --standalone --nproc_per_node=2 train.py config/train_fashion.py config/train_fashion_limit.py
-# python sample.py config/sample_fashion.py --out_dir=out/fashion_limit
+# python sample.py config/sample_fashion.py --out_dir=out/fashion_limit --judge=False
 data_dir = 'data/fashion_limit'
 out_dir = 'out/fashion_limit'
 max_iters = 6000      # the pipeline within half an hour on 2 cores: 768,000 of the 850,000 sequences drawn

@@ -295,9 +295,9 @@ def test_processes_and_nodes_train_as_one(work):
 def test_compile_auto_trains_as_the_cached_choice(work, tmp_path):
     """compile='auto' times the model both ways on its first run here; that run must then train the same
     weights as a later run that reads its choice from the cache. Two processes, one thread each (as
-    Fashion-MNIST's config trains; bit for bit there): a model compiled outside DDP while it was timed,
-    then trained inside DDP, kept other graphs and ended with other weights. The default model's size:
-    the tiny one's graphs come out the same either way."""
+    Fashion-MNIST's config trains; bit for bit there): compiled outside DDP while it was timed and
+    inside DDP later, the model's graphs differed (one per gradient bucket inside) and so did the
+    weights. The default model's size: the tiny one fills one bucket."""
     torchrun = shutil.which('torchrun')
     cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run'])
     args = [os.path.join(REPO, 'train.py'), f"--data_dir={work / 'data/vlm'}", '--batch_size=32', '--eval_iters=2',

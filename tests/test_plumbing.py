@@ -78,16 +78,15 @@ def test_compile_pays_when_it_saves_more_than_it_costs(tmp_path, monkeypatch):
         calls.append(i)
         m(torch.ones(1, 2)).sum().backward()
 
-    resets = []
-    monkeypatch.setattr(torch._dynamo, 'reset', lambda: resets.append(1))
-    _, times = compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache), warmup=2, rounds=2, window=3)
+    _, times, compiled = compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache), warmup=2, rounds=2,
+                                      window=3)
     assert len(calls) == 2 * (2 + 2 * 3) and set(times) == {'eager', 'compiled', 'compiling'}
-    assert model.weight.grad is None and resets == [1]  # the graphs it timed forgotten: training compiles afresh
+    assert compiled is model and model.weight.grad is None  # the module it timed, to train with
     known = json.loads(cache.read_text())
     (key,) = known
     known[key] = dict(eager=0.2, compiled=0.1, compiling=30.0)
     cache.write_text(json.dumps(known))
-    assert compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache))[0]  # 100 s for 30
+    assert compile_pays(model, step, 1000, dict(n_layer=1), 'cpu', cache=str(cache))[::2] == (True, None)  # 100 s for 30
     assert not compile_pays(model, step, 100, dict(n_layer=1), 'cpu', cache=str(cache))[0]  # 10 s for 30
     assert len(calls) == 16  # from the cache: not timed again
     compile_pays(model, step, 100, dict(n_layer=2), 'cpu', cache=str(cache), warmup=1, rounds=2, window=1)  # another config
@@ -108,8 +107,8 @@ def test_compile_that_fails_trains_eager_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'compile', lambda m: Broken())
     model, cache = torch.nn.Linear(2, 2), tmp_path / 'compile_auto.json'
     step = lambda m, i: m(torch.ones(1, 2)).sum().backward()
-    pays, times = compile_pays(model, step, 10 ** 6, dict(n_layer=1), 'cpu', cache=str(cache))
-    assert not pays and times['compiled'] is None and 'no C compiler' in times['failed']
+    pays, times, compiled = compile_pays(model, step, 10 ** 6, dict(n_layer=1), 'cpu', cache=str(cache))
+    assert not pays and compiled is None and times['compiled'] is None and 'no C compiler' in times['failed']
     assert model.weight.grad is None
     assert compile_pays(model, step, 10 ** 6, dict(n_layer=1), 'cpu', cache=str(cache))[0] is False  # cached
     assert 'no C compiler' in json.loads(cache.read_text())[next(iter(json.loads(cache.read_text())))]['failed']

@@ -222,14 +222,11 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
     config (model and batch shapes, dtype: config, a dict): warmup steps each way (compiled, the
     compiling, once per shape it meets), then `rounds` windows of `window` steps each way over the same
     batches, alternating, so that a machine whose speed drifts weighs on both alike; the times cached
-    in out/. A run that timed it compiles if a compiled step is faster (inductor's cache on disk holds
-    the kernels now); a later one if the time saved over its steps is more than the compiling took.
-    The graphs timed are then forgotten (torch._dynamo.reset), so that training compiles afresh: a
-    model compiled while it was timed, outside DistributedDataParallel, kept those graphs inside it and
-    trained other weights than a run that read the cache.
+    in out/. A run that timed it compiles if a compiled step is faster (the compiling is done); a later
+    one if the time saved over its steps is more than the compiling took.
     Where compiling fails (no C compiler, say), the run trains eager and the cache says why ('failed').
     -> (whether to compile, {'eager', 'compiled': seconds per step (None where it failed), 'compiling':
-    seconds})"""
+    seconds}, the model compiled if it was timed now, else None)"""
     key = f"{machine_key()} {device}: " + json.dumps(config, sort_keys=True)
     ways = {}
 
@@ -256,16 +253,15 @@ def compile_pays(model, step, steps, config, device, cache=os.path.join('out', '
             for way in (('eager', 'compiled') if r % 2 else ('compiled', 'eager')):
                 spent[way] += run(ways[way], batches)
         model.zero_grad(set_to_none=True)
-        torch._dynamo.reset()
         t = {way: s / (rounds * window) for way, s in spent.items()}
         return dict(t, compiling=max(0.0, first - warmup * t['compiled']))
 
     t = once_per_machine(cache, key, measure)
     if t['compiled'] is None:
-        return False, t
-    if ways:  # timed now: compiling again takes its kernels from inductor's cache
-        return t['compiled'] < t['eager'], t
-    return (t['eager'] - t['compiled']) * steps > t['compiling'], t
+        return False, t, None
+    if ways:  # timed now: the compiling is done
+        return t['compiled'] < t['eager'], t, ways['compiled']
+    return (t['eager'] - t['compiled']) * steps > t['compiling'], t, None
 
 
 def pick_dtype(device, dtype='auto'):

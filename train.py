@@ -223,9 +223,9 @@ def forward_backward(m, batch, sync=None):
     return loss
 
 
-# one graph for the whole model, not one per gradient bucket (dynamo's DDPOptimizer): the same graphs then
-# whether the model is compiled inside DDP or outside it, as compile='auto' times it, and so the same weights
-torch._dynamo.config.optimize_ddp = False
+if compile:  # one graph for the whole model, not one per gradient bucket (dynamo's DDPOptimizer): the same graphs
+    # then whether the model is compiled inside DDP or outside it, as compile='auto' times it, so the same weights
+    torch._dynamo.config.optimize_ddp = False
 compiled = None
 if compile == 'auto':  # timed over batches of the validation split (never trained on), the weights untouched
     compile, times, compiled = compile_pays(model, lambda m, i: forward_backward(m, get_batch('val', -1 - i, 0)),

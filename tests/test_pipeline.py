@@ -19,6 +19,12 @@ from conftest import REPO, TINY, error_line, run_script
 from make_data import make_folder
 
 
+def torchrun():
+    """The command that starts several training processes: torchrun, or its module where no script is on PATH."""
+    script = shutil.which('torchrun')
+    return [script] if script else [sys.executable, '-m', 'torch.distributed.run']
+
+
 def code_class(meta):
     """A regex character class of the prepared data's image-code characters."""
     return '[' + re.escape(''.join(meta['vocab'][meta['code_offset']:])) + ']'
@@ -267,8 +273,7 @@ def test_processes_and_nodes_train_as_one(work):
     """torchrun with two CPU processes (gloo), on one node or as two nodes of one process each (the
     README's multi-node command, rendezvous on 127.0.0.1), ends with the weights of one process over the
     same global batch: in float32, equal up to the order of the gradient's sums."""
-    torchrun = shutil.which('torchrun')
-    cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run'])
+    cmd = torchrun()
     args = [os.path.join(REPO, 'train.py'), *TINY, '--max_iters=20', '--eval_interval=10', '--dtype=float32']
     run_script('train.py', *args[1:], '--out_dir=out/one', cwd=work)
     p = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', *args, '--out_dir=out/ddp'], cwd=work,
@@ -298,8 +303,7 @@ def test_compile_auto_trains_as_the_cached_choice(work, tmp_path):
     Fashion-MNIST's config trains; bit for bit there): compiled outside DDP while it was timed and
     inside DDP later, the model's graphs differed (one per gradient bucket inside) and so did the
     weights. The default model's size: the tiny one fills one bucket."""
-    torchrun = shutil.which('torchrun')
-    cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run'])
+    cmd = torchrun()
     args = [os.path.join(REPO, 'train.py'), f"--data_dir={work / 'data/vlm'}", '--batch_size=32', '--eval_iters=2',
             '--cycles=1', '--eval_classify=100', '--warmup_iters=5', '--max_iters=30', '--lr_decay_iters=30',
             '--eval_interval=30']

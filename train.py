@@ -223,8 +223,9 @@ def forward_backward(m, batch, sync=None):
     return loss
 
 
-if compile:  # one graph for the whole model, not one per gradient bucket (dynamo's DDPOptimizer): the same graphs
-    # then whether the model is compiled inside DDP or outside it, as compile='auto' times it, so the same weights
+# compiled, the model is one graph, not one per DDP gradient bucket (dynamo's DDPOptimizer): the same graphs
+# whether it is compiled inside DDP or outside it, as compile='auto' times it, so the same weights either way
+if compile:
     torch._dynamo.config.optimize_ddp = False
 compiled = None
 if compile == 'auto':  # timed over batches of the validation split (never trained on), the weights untouched

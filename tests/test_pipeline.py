@@ -302,7 +302,8 @@ def test_compile_auto_trains_as_the_cached_choice(work, tmp_path):
     weights as a later run that reads its choice from the cache. Two processes, one thread each (as
     Fashion-MNIST's config trains; bit for bit there): compiled outside DDP while it was timed and
     inside DDP later, the model's graphs differed (one per gradient bucket inside) and so did the
-    weights. The default model's size: the tiny one fills one bucket."""
+    weights. The default model's size: the tiny one fills one bucket. Where compiling does not pay on
+    the machine, both runs train eager and the test only checks that timing left the weights alone."""
     cmd = torchrun()
     args = [os.path.join(REPO, 'train.py'), f"--data_dir={work / 'data/vlm'}", '--batch_size=32', '--eval_iters=2',
             '--cycles=1', '--eval_classify=100', '--warmup_iters=5', '--max_iters=30', '--lr_decay_iters=30',

@@ -36,6 +36,14 @@ def test_configure_errors(argv, message):
         configurator.configure(settings(), argv)
 
 
+def test_type_error_names_the_scripts_default(tmp_path):
+    """A config file may change a setting before a bad --key=value: the error gives the script's default."""
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("n = 8\n")
+    with pytest.raises(Error, match=r"n expects a whole number \(default 4\), got str 'abc'"):
+        configurator.configure(settings(), [str(cfg), '--n=abc'])
+
+
 def test_compile_is_a_bool_or_auto():
     for value, want in (('auto', 'auto'), ('True', True), ('False', False)):
         g = dict(compile=False, __file__='train.py')

@@ -320,15 +320,15 @@ def check_all(settings, script=''):
 EITHER = {'compile'}  # a bool, or 'auto'
 
 
-def _coerce(key, old, new, where):
-    """Check `new` against the type of the default `old`; an int may stand for a float; a setting of
-    EITHER types is left to its rule."""
+def _coerce(key, old, new, where, default):
+    """Check `new` against the type of `old` (the default, or what a config file set); an int may stand
+    for a float; a setting of EITHER types is left to its rule. The error names the script's default."""
     if old is None or type(new) is type(old) or key in EITHER:
         return new
     if isinstance(old, float) and type(new) is int:
         return float(new)
     kind = {int: 'a whole number', float: 'a number', bool: 'True or False', str: 'a string'}.get(type(old), type(old).__name__)
-    raise Error(f"{key} expects {kind} (default {old!r}), "
+    raise Error(f"{key} expects {kind} (default {default!r}), "
                 f"got {type(new).__name__} {new!r} from {where}")
 
 
@@ -350,6 +350,7 @@ def configure(g, argv=None):
     keys = sorted(k for k, v in g.items()  # UPPERCASE names are constants, not settings
                   if not k.startswith('_') and not k.isupper() and isinstance(v, SIMPLE))
     script = os.path.basename(str(g.get('__file__', 'this script')))
+    defaults = {k: g[k] for k in keys}
     if '--help' in argv or '-h' in argv:
         print(f"python {script} [config.py ...] [--key=value ...]; the settings and their defaults:")
         for k in keys:
@@ -360,7 +361,7 @@ def configure(g, argv=None):
         if key not in keys:
             raise Error(f"unknown config key '{key}' from {where} for {script}; "
                         f"known keys: {', '.join(keys)}")
-        g[key] = _coerce(key, g[key], value, where)
+        g[key] = _coerce(key, g[key], value, where, defaults[key])
 
     for arg in argv:
         if arg.startswith('--'):

@@ -181,6 +181,15 @@ def test_every_config_file_is_one_of_its_scripts(monkeypatch):
         configure(script, os.path.join('config', f))
 
 
+def test_the_limit_config_trains_alone_as_atop_its_base(monkeypatch):
+    """config/train_fashion_limit.py alone sets what config/train_fashion.py and it stacked set: given
+    without its base, it once trained with the script's defaults (another learning rate and label weight)."""
+    monkeypatch.chdir(REPO)
+    alone = configure('train.py', 'config/train_fashion_limit.py')
+    assert alone == configure('train.py', 'config/train_fashion.py', 'config/train_fashion_limit.py')
+    assert alone != configure('train.py', 'config/train_fashion.py')
+
+
 def snapshot(folder):
     out = {}
     for root, _, files in os.walk(folder):

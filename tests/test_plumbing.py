@@ -112,3 +112,22 @@ def test_compile_that_fails_trains_eager_and_says_why(tmp_path, monkeypatch):
     assert model.weight.grad is None
     assert compile_pays(model, step, 10 ** 6, dict(n_layer=1), 'cpu', cache=str(cache))[0] is False  # cached
     assert 'no C compiler' in json.loads(cache.read_text())[next(iter(json.loads(cache.read_text())))]['failed']
+
+
+def test_dtype_auto_spends_no_time_where_bfloat16_is_emulated(tmp_path, monkeypatch):
+    """Where a CPU emulates bfloat16 (a hundred times slower than float32), small matmuls show it: the
+    large ones that would take seconds each are never run."""
+    import torch
+
+    from tinyvlm import plumbing
+    now, sizes = [0.0], []
+
+    def matmul(a, b):
+        sizes.append(a.size(0))
+        now[0] += a.size(0) ** 3 * (1e-9 if a.dtype == torch.float32 else 1e-7)
+        return a
+
+    monkeypatch.setattr(torch.Tensor, '__matmul__', matmul)
+    monkeypatch.setattr(plumbing.time, 'perf_counter', lambda: now[0])
+    assert plumbing.fast_bf16('cpu', cache=str(tmp_path / 'dtype_auto.json')) is False
+    assert set(sizes) == {512}

@@ -209,7 +209,9 @@ def fast_bf16(device, cache=os.path.join('out', 'dtype_auto.json')):
     if device != 'cpu':
         return False
     def measure():
-        rates = matmul_rates('cpu')
+        rates = matmul_rates('cpu', n=512)  # smaller first: where bfloat16 is emulated, 1024 takes seconds a matmul
+        if rates['bfloat16'] >= rates['float32'] / 4:  # not plainly emulated: decided at the larger size
+            rates = matmul_rates('cpu')
         return dict(bfloat16=rates['bfloat16'] >= 1.2 * rates['float32'], gflops=rates)
 
     return once_per_machine(cache, machine_key(), measure)['bfloat16']

@@ -2,7 +2,7 @@
 # cosine, its answers weighted more (docs/experiments.md), after the first command's vqvae.py and prepare.py:
 # python train.py config/train_mnist_limit.py && python sample.py --out_dir=out/limit
 out_dir = 'out/limit'
-n_embd = 64           # a quarter of the default's FLOPs a step: more, narrower steps read better in less time
+n_embd = 64           # a quarter of the default's FLOPs a step: more, narrower steps read as well in less time
 label_weight = 30.0   # at the plateau of the default weight, reading gets more of the gradient
 learning_rate = 5e-3  # the speedrun's rate for this width
 min_lr = 5e-4

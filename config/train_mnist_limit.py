@@ -1,6 +1,8 @@
-# MNIST read at the limit: a model of half the default's width over the default data, trained in one long
-# cosine, its answers weighted more (docs/experiments.md), after the first command's vqvae.py and prepare.py:
-# python train.py config/train_mnist_limit.py && python sample.py --out_dir=out/limit
+# MNIST read at the limit: a model of half the default's width over 16 moved copies of each training image,
+# trained in one long cosine, its answers weighted more (docs/experiments.md), after the first command's vqvae.py:
+# python prepare.py config/prepare_mnist_limit.py && python train.py config/train_mnist_limit.py
+# python sample.py config/sample_mnist_limit.py   (bench.py --pipeline=True --pipeline_config=mnist_limit times all four)
+data_dir = 'data/mnist_limit'
 out_dir = 'out/limit'
 n_embd = 64           # a quarter of the default's FLOPs a step: more, narrower steps read as well in less time
 label_weight = 30.0   # at the plateau of the default weight, reading gets more of the gradient

@@ -24,6 +24,7 @@ earlier data_dir as it was: every file is written under a temporary name and ren
     python prepare.py config/prepare_fashion.py
 """
 import os
+import time
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ shares = '1,1'                    # how the sequences divide among the tasks, in
 seed = 1337
 # -----------------------------------------------------------------------------
 configure(globals())
+t0 = time.time()
 weights = parse_shares(shares)
 tok, tok_ckpt = load_tokenizer(tokenizer)
 splits, info = reload_dataset(tok_ckpt['dataset'], quiet=False)
@@ -138,7 +140,8 @@ meta = dict(format=FORMAT, dataset=info, classes=codec.classes, key=codec.key, t
             codebook_size=codec.codebook_size, code_offset=codec.code_offset, tokenizer=tokenizer,
             caption_length=codec.caption_length, captions=plan,
             tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment,
-            moves=dict(shift=shift, rotate=rotate, scale=scale, flip=flip), splits=counts, shares=weights, files=files)
+            moves=dict(shift=shift, rotate=rotate, scale=scale, flip=flip), splits=counts, shares=weights, files=files,
+            seconds=dict(tokenizer=tok_ckpt.get('metrics', {}).get('seconds'), prepare=time.time() - t0))  # for train.py's time_limit
 write_json(os.path.join(data_dir, 'meta.json'), meta)
 pieces = [t for t in codec.itos[:codec.code_offset] if t not in codec.classes and t not in set(codec.caption_chars)]
 print(f"vocabulary of {codec.vocab_size} tokens: {len(pieces)} of text {pieces}, {len(codec.classes)} class "

@@ -64,6 +64,10 @@ max_iters = 1200               # iterations of one cycle of the learning rate
 cycles = 4                     # at most this many cycles: another follows (a warm restart, SGDR) only while the val
                                # accuracy rose over a cycle's last eval_interval by more than two standard errors, so
                                # data that is still being learnt gets more iterations; 1 = exactly max_iters
+time_limit = 0.0               # seconds from the tokenizer's start to training's end (vqvae.py's and prepare.py's, from
+                               # data_dir/meta.json, count): a slower machine trains fewer iterations, the cosine cut to
+                               # those that fit, as timed over the first steps and an evaluation; no further cycle.
+                               # 0 = no limit: the same iterations on every machine
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
@@ -88,6 +92,7 @@ compile = False                # torch.compile the model: faster steps on some C
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
+started = time.time()  # time_limit counts from here (and the tokenizer's and prepare.py's seconds)
 
 # processes and devices
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -169,12 +174,15 @@ if init_from == 'resume':
     print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
 model = GPT(GPTConfig(**model_args))
 end_iter = max_iters  # where the run ends now: a cycle later each time the reading still rises
+time_cut = None       # with time_limit: the iterations and decay that fit it, chosen once, kept on resume
 last_accuracy = None  # the val accuracy of the last evaluation
 if init_from == 'resume':
     model.load_state_dict(checkpoint['trained'] if 'trained' in checkpoint else checkpoint['model'])  # 'model': the average
     iter_num, last_accuracy = checkpoint['iter_num'], checkpoint['val_accuracy']
     # the cycles the run chose, unless another length is asked for now
     end_iter = checkpoint['end_iter'] if checkpoint['config']['max_iters'] == max_iters else max_iters
+    if checkpoint.get('time_cut') and checkpoint['config']['max_iters'] == max_iters:  # the length its time allowed
+        max_iters, lr_decay_iters, cycles = checkpoint['time_cut']['max_iters'], checkpoint['time_cut']['lr_decay_iters'], 1
     run = checkpoint['run']
 elif embed_codes:
     model.code_features.copy_(code_features)
@@ -296,6 +304,35 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
+def fit_time_limit(step_s):
+    """The last iteration that ends training within time_limit of the tokenizer's start, at step_s
+    seconds a step and an evaluation's time, measured now, at every eval_interval and at the end.
+    Rank 0 measures and every process gets its answer. -> (that iteration, a line saying why)"""
+    spent = meta.get('seconds', {})
+    if None in (spent.get('tokenizer'), spent.get('prepare')):
+        raise Error(f"{data_dir}/meta.json does not say how long the tokenizer and prepare.py took, which time_limit "
+                    f"counts: run vqvae.py and prepare.py again, or set time_limit=0")
+    spent = spent['tokenizer'] + spent['prepare']
+    end, eval_s, left = end_iter, 0.0, 0.0
+    if master:
+        t = time.time()
+        evaluate()
+        eval_s = time.time() - t
+        left = time_limit - spent - (time.time() - started)
+        while end > iter_num and ((end - iter_num) * step_s + eval_s * (end // eval_interval - iter_num // eval_interval
+                                                                         + (end % eval_interval > 0))) > left:
+            end -= 1
+    if ddp:
+        decision = torch.tensor([end, eval_s, left], dtype=torch.float64, device=device)
+        torch.distributed.broadcast(decision, 0)
+        end, eval_s, left = int(decision[0].item()), decision[1].item(), decision[2].item()
+    why = (f"time_limit={time_limit:.0f}s: the tokenizer and prepare.py took {spent:.0f}s, train.py "
+           f"{time_limit - spent - left:.0f}s so far; a step {step_s * 1000:.0f}ms, an evaluation {eval_s:.1f}s")
+    if end <= iter_num or end < 2 * warmup_iters:  # no time left, or too little for the cosine past its warm-up
+        raise Error(f"{why}: no time for more than {end} iterations: raise time_limit or set it to 0")
+    return end, why
+
+
 def still_rising(before, now, n):
     """Whether val accuracy rose from `before` to `now` (over n images) by more than two standard errors."""
     return before is not None and now - before > 2 * math.sqrt(max(now * (1 - now), 1 / n) / n)
@@ -304,6 +341,7 @@ def still_rising(before, now, n):
 X, Y, M = get_batch('train', iter_num)
 t0 = time.time()
 t_start, iter_start = t0, iter_num
+timed = (iter_start + 10, iter_start + 60)  # time_limit: the steps timed, past the first few's warm-up
 while True:
     at_end = iter_num == end_iter
     if master and iter_num > iter_start and (iter_num % eval_interval == 0 or at_end):
@@ -319,7 +357,7 @@ while True:
             print(f"val accuracy still rising ({last_accuracy:.4f} -> {ev['val_accuracy']:.4f}): another cycle of "
                   f"{max_iters} iterations, to {end_iter}", flush=True)
         last_accuracy = ev['val_accuracy']
-        info = dict(run=run, iter_num=iter_num, end_iter=end_iter, model_args=model_args, data=data_signature(meta),
+        info = dict(run=run, iter_num=iter_num, end_iter=end_iter, time_cut=time_cut, model_args=model_args, data=data_signature(meta),
                     config=config, val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
         save_checkpoint(dict(model=averaged.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
         trained = dict(trained=raw_model.state_dict()) if averaging else {}
@@ -369,6 +407,18 @@ while True:
         t0 = time.time()
         print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tokens/s, lr {lr:.2e}", flush=True)
+    if time_limit and init_from == 'scratch' and iter_num == timed[0]:
+        t_timed = time.time()
+    if time_limit and init_from == 'scratch' and iter_num == timed[1] < end_iter:
+        end, why = fit_time_limit((time.time() - t_timed) / (timed[1] - timed[0]))
+        if master:
+            print(f"{why}: {'all ' if end == end_iter else ''}{end:,} iterations fit"
+                  f"{f', not {end_iter:,}: the cosine is cut to them' if end < end_iter else ''}", flush=True)
+        lr_decay_iters = max(warmup_iters + 1, round(lr_decay_iters * end / max_iters))
+        max_iters = end_iter = end
+        tail = max(1, round(tail_average * max_iters)) if tail_average else 0
+        cycles = 1  # another would not fit
+        time_cut = dict(max_iters=max_iters, lr_decay_iters=lr_decay_iters)
 
 if ddp:  # leave together: a process that tears down gloo while rank 0 still saves can abort
     barrier()

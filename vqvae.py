@@ -210,7 +210,7 @@ tok.load_state_dict(best_state)
 tok.eval()
 
 metrics = dict(test=tokenizer_metrics(tok, test), train=tokenizer_metrics(tok, train),
-               epochs=epoch + 1, val_loss=best, train_seconds=time.time() - t0,
+               epochs=epoch + 1, val_loss=best, seconds=time.time() - t0,  # train.py's time_limit counts them
                **({} if head is None else dict(val_class_accuracy=best_reading)))
 m = metrics['test']
 print(f"test reconstruction MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB; codebook perplexity "

@@ -239,6 +239,35 @@ def test_cycles_follow_the_reading(work):
     assert torch.load(work / 'out/cycles/ckpt.pt', weights_only=True)['end_iter'] == end
 
 
+def test_time_limit_cuts_the_cosine_to_fit(work):
+    """time_limit counts the tokenizer's and prepare.py's seconds (data_dir/meta.json) and train.py's own:
+    a run it cannot fit ends early, its cosine decayed to min_lr by then, and keeps that length on
+    resume; a run that fits trains the very weights it would without the limit; a limit already spent
+    is a one-line error."""
+    seconds = json.loads((work / 'data/vlm/meta.json').read_text())['seconds']
+    spent = seconds['tokenizer'] + seconds['prepare']
+    args = [*TINY, '--max_iters=3000', '--lr_decay_iters=3000', '--eval_interval=1000', '--log_interval=1']
+    p = run_script('train.py', *args, f'--time_limit={spent + 20:.0f}', '--out_dir=out/limited', cwd=work)
+    end = int(re.search(r'([\d,]+) iterations fit, not 3,000: the cosine is cut to them', p.stdout).group(1).replace(',', ''))
+    assert 60 < end < 3000
+    lr = {int(i): float(v) for i, v in re.findall(r'iter (\d+): .* lr ([\d.e+-]+)', p.stdout)}
+    mid = 5 + (end - 5) // 2  # half way down the cosine from 3e-3 (past 5 warm-up steps) to min_lr 3e-4
+    assert max(lr) == end and lr[end] < 3.1e-4 and abs(lr[mid] - 1.65e-3) < 2e-5
+    ck = torch.load(work / 'out/limited/ckpt.pt', weights_only=True)
+    assert ck['iter_num'] == ck['end_iter'] == end and ck['time_cut']['max_iters'] == end
+    p = run_script('train.py', *args, f'--time_limit={spent + 20:.0f}', '--out_dir=out/limited', '--init_from=resume',
+                   cwd=work)
+    assert torch.load(work / 'out/limited/ckpt.pt', weights_only=True)['iter_num'] == end and 'iter ' not in p.stdout
+    short = [*TINY, '--max_iters=80', '--lr_decay_iters=80', '--eval_interval=40']
+    p = run_script('train.py', *short, f'--time_limit={spent + 600:.0f}', '--out_dir=out/fits', cwd=work)
+    assert 'all 80 iterations fit' in p.stdout
+    run_script('train.py', *short, '--out_dir=out/unlimited', cwd=work)
+    a, b = (torch.load(work / f'out/{d}/ckpt.pt', weights_only=True)['trained'] for d in ('fits', 'unlimited'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert 'no time for more than 60 iterations: raise time_limit' in error_line(run_script(
+        'train.py', *short, f'--time_limit={spent:.0f}', '--out_dir=out/spent', cwd=work, check=False))
+
+
 def test_tail_average_is_the_mean_of_the_last_weights(work):
     """With tail_average, the weights saved at the end are the plain mean of those after each of the last steps."""
     run_script('train.py', *TINY, '--max_iters=4', '--eval_interval=1', '--ema=0', '--out_dir=out/last', cwd=work)

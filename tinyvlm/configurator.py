@@ -199,6 +199,7 @@ RULES = {
     'learning_rate': number(0, 10, lo_open=True),
     'max_iters': integer(1),
     'cycles': integer(1, 100),
+    'time_limit': number(0),
     'weight_decay': number(0, 10),
     'beta1': number(0, 1, hi_open=True),
     'beta2': number(0, 1, hi_open=True),

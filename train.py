@@ -20,6 +20,7 @@ import copy
 import inspect
 import math
 import os
+import statistics
 import time
 
 import torch
@@ -341,7 +342,9 @@ def still_rising(before, now, n):
 X, Y, M = get_batch('train', iter_num)
 t0 = time.time()
 t_start, iter_start = t0, iter_num
-timed = (iter_start + 10, iter_start + 60)  # time_limit: the steps timed, past the first few's warm-up
+# time_limit: the steps timed, past the first few, to the warm-up's end where the cosine starts; the median
+# step, as a machine's speed may dip for a while
+timed, step_ends = (iter_start + 10, iter_start + max(60, warmup_iters)), []
 while True:
     at_end = iter_num == end_iter
     if master and iter_num > iter_start and (iter_num % eval_interval == 0 or at_end):
@@ -407,10 +410,12 @@ while True:
         t0 = time.time()
         print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tokens/s, lr {lr:.2e}", flush=True)
-    if time_limit and init_from == 'scratch' and iter_num == timed[0]:
-        t_timed = time.time()
+    if time_limit and init_from == 'scratch' and timed[0] <= iter_num <= timed[1]:
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+        step_ends.append(time.time())
     if time_limit and init_from == 'scratch' and iter_num == timed[1] < end_iter:
-        end, why = fit_time_limit((time.time() - t_timed) / (timed[1] - timed[0]))
+        end, why = fit_time_limit(statistics.median(b - a for a, b in zip(step_ends, step_ends[1:])))
         if master:
             print(f"{why}: {'all ' if end == end_iter else ''}{end:,} iterations fit"
                   f"{f', not {end_iter:,}: the cosine is cut to them' if end < end_iter else ''}", flush=True)

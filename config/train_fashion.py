@@ -9,7 +9,7 @@ learning_rate = 6e-3  # reads better than the default 3e-3 at the same iteration
 min_lr = 6e-4
 max_iters = 4200      # at most: more reads a little better (docs/experiments.md), but time_limit comes first
 lr_decay_iters = 4200
-time_limit = 1050     # the pipeline within 20 minutes, sample.py's reading and drawing the rest: a slower machine
+time_limit = 1040     # the pipeline within 20 minutes, sample.py's reading and drawing the rest: a slower machine
                       # trains fewer iterations, a faster one all of them
 cycles = 1            # one cosine: a second, where the val reading still rose, would take the pipeline past 20 minutes
 eval_interval = 2100  # each checkpoint costs sample.py a reading of the test set

@@ -10,6 +10,7 @@ learning_rate = 5e-3  # the speedrun's rate for this width
 min_lr = 5e-4
 max_iters = 10000
 lr_decay_iters = 10000
+time_limit = 1680     # the pipeline within half an hour, sample.py the rest: a slower machine trains fewer iterations
 cycles = 1
 eval_interval = 2500  # each checkpoint costs sample.py a reading of the test set
 compile = 'auto'      # torch.compile where it pays here: timed once per machine (out/compile_auto.json)

@@ -246,10 +246,10 @@ def test_time_limit_cuts_the_cosine_to_fit(work):
     is a one-line error."""
     seconds = json.loads((work / 'data/vlm/meta.json').read_text())['seconds']
     spent = seconds['tokenizer'] + seconds['prepare']
-    args = [*TINY, '--max_iters=3000', '--lr_decay_iters=3000', '--eval_interval=1000', '--log_interval=1']
+    args = [*TINY, '--max_iters=20000', '--lr_decay_iters=20000', '--eval_interval=5000', '--log_interval=1']
     p = run_script('train.py', *args, f'--time_limit={spent + 20:.0f}', '--out_dir=out/limited', cwd=work)
-    end = int(re.search(r'([\d,]+) iterations fit, not 3,000: the cosine is cut to them', p.stdout).group(1).replace(',', ''))
-    assert 60 < end < 3000
+    end = int(re.search(r'([\d,]+) iterations fit, not 20,000: the cosine is cut to them', p.stdout).group(1).replace(',', ''))
+    assert 60 < end < 20000
     lr = {int(i): float(v) for i, v in re.findall(r'iter (\d+): .* lr ([\d.e+-]+)', p.stdout)}
     mid = 5 + (end - 5) // 2  # half way down the cosine from 3e-3 (past 5 warm-up steps) to min_lr 3e-4
     assert max(lr) == end and lr[end] < 3.1e-4 and abs(lr[mid] - 1.65e-3) < 2e-5

@@ -15,6 +15,8 @@ their sums) are printed, and the model is saved as
 ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) and ckpt.pt (everything
 needed to resume with --init_from=resume). The weights evaluated and saved are an exponential moving
 average of the trained ones (ema), and over the last tail_average of training their plain mean.
+With time_limit the run ends where that many seconds from the tokenizer's start run out: at the
+warm-up's end the cosine is cut once to the iterations that fit, so a slower machine trains less.
 """
 import copy
 import inspect
@@ -67,7 +69,7 @@ cycles = 4                     # at most this many cycles: another follows (a wa
                                # data that is still being learnt gets more iterations; 1 = exactly max_iters
 time_limit = 0.0               # seconds from the tokenizer's start to training's end (vqvae.py's and prepare.py's, from
                                # data_dir/meta.json, count): a slower machine trains fewer iterations, the cosine cut to
-                               # those that fit, as timed over the first steps and an evaluation; no further cycle.
+                               # those that fit, by the warm-up's median step and an evaluation; no further cycle.
                                # 0 = no limit: the same iterations on every machine
 weight_decay = 0.1
 beta1 = 0.9
@@ -140,6 +142,11 @@ for split in ('train', 'val'):
         val_prompts, val_answers, val_labels = reading_probe(codec, meta['shares'], codes[:eval_classify],
                                                              labels[:eval_classify], seed, device)
 batch_gen = torch.Generator(device=device)
+spent = meta.get('seconds', {})  # what time_limit counts before train.py
+if time_limit and None in (spent.get('tokenizer'), spent.get('prepare')):
+    raise Error(f"{data_dir}/meta.json does not say how long the tokenizer and prepare.py took, which time_limit "
+                f"counts: run vqvae.py and prepare.py again, or set time_limit=0")
+spent = sum(spent.values()) if time_limit else 0.0
 
 
 def get_batch(split, it, micro_step=0):
@@ -183,7 +190,8 @@ if init_from == 'resume':
     # the cycles the run chose, unless another length is asked for now
     end_iter = checkpoint['end_iter'] if checkpoint['config']['max_iters'] == max_iters else max_iters
     if checkpoint.get('time_cut') and checkpoint['config']['max_iters'] == max_iters:  # the length its time allowed
-        max_iters, lr_decay_iters, cycles = checkpoint['time_cut']['max_iters'], checkpoint['time_cut']['lr_decay_iters'], 1
+        time_cut = checkpoint['time_cut']
+        max_iters, lr_decay_iters, cycles = time_cut['max_iters'], time_cut['lr_decay_iters'], 1
     run = checkpoint['run']
 elif embed_codes:
     model.code_features.copy_(code_features)
@@ -309,11 +317,6 @@ def fit_time_limit(step_s):
     """The last iteration that ends training within time_limit of the tokenizer's start, at step_s
     seconds a step and an evaluation's time, measured now, at every eval_interval and at the end.
     Rank 0 measures and every process gets its answer. -> (that iteration, a line saying why)"""
-    spent = meta.get('seconds', {})
-    if None in (spent.get('tokenizer'), spent.get('prepare')):
-        raise Error(f"{data_dir}/meta.json does not say how long the tokenizer and prepare.py took, which time_limit "
-                    f"counts: run vqvae.py and prepare.py again, or set time_limit=0")
-    spent = spent['tokenizer'] + spent['prepare']
     end, eval_s, left = end_iter, 0.0, 0.0
     if master:
         t = time.time()
@@ -360,8 +363,9 @@ while True:
             print(f"val accuracy still rising ({last_accuracy:.4f} -> {ev['val_accuracy']:.4f}): another cycle of "
                   f"{max_iters} iterations, to {end_iter}", flush=True)
         last_accuracy = ev['val_accuracy']
-        info = dict(run=run, iter_num=iter_num, end_iter=end_iter, time_cut=time_cut, model_args=model_args, data=data_signature(meta),
-                    config=config, val_loss=ev['val'], train_loss=ev['train'], val_accuracy=ev['val_accuracy'])
+        info = dict(run=run, iter_num=iter_num, end_iter=end_iter, time_cut=time_cut, model_args=model_args,
+                    data=data_signature(meta), config=config, val_loss=ev['val'], train_loss=ev['train'],
+                    val_accuracy=ev['val_accuracy'])
         save_checkpoint(dict(model=averaged.state_dict(), **info), os.path.join(out_dir, f'ckpt_{iter_num}.pt'))
         trained = dict(trained=raw_model.state_dict()) if averaging else {}
         save_checkpoint(dict(model=averaged.state_dict(), **trained, optimizer=[opt.state_dict() for opt in optimizers],

@@ -239,25 +239,35 @@ def test_cycles_follow_the_reading(work):
     assert torch.load(work / 'out/cycles/ckpt.pt', weights_only=True)['end_iter'] == end
 
 
-def test_time_limit_cuts_the_cosine_to_fit(work):
+def test_time_limit_cuts_the_cosine_to_fit(work, tmp_path):
     """time_limit counts the tokenizer's and prepare.py's seconds (data_dir/meta.json) and train.py's own:
-    a run it cannot fit ends early, its cosine decayed to min_lr by then, and keeps that length on
-    resume; a run that fits trains the very weights it would without the limit; a limit already spent
-    is a one-line error."""
+    a run it cannot fit ends early, its cosine decayed to min_lr by then, and, killed part way, resumes
+    to the same end; a run that fits trains the very weights it would without the limit; a limit
+    already spent is a one-line error."""
     seconds = json.loads((work / 'data/vlm/meta.json').read_text())['seconds']
     spent = seconds['tokenizer'] + seconds['prepare']
-    args = [*TINY, '--max_iters=20000', '--lr_decay_iters=20000', '--eval_interval=5000', '--log_interval=1']
-    p = run_script('train.py', *args, f'--time_limit={spent + 20:.0f}', '--out_dir=out/limited', cwd=work)
-    end = int(re.search(r'([\d,]+) iterations fit, not 20,000: the cosine is cut to them', p.stdout).group(1).replace(',', ''))
-    assert 60 < end < 20000
-    lr = {int(i): float(v) for i, v in re.findall(r'iter (\d+): .* lr ([\d.e+-]+)', p.stdout)}
+    args = [*TINY, '--max_iters=20000', '--lr_decay_iters=20000', '--eval_interval=100', '--log_interval=1',
+            f'--time_limit={spent + 20:.0f}', '--out_dir=out/limited']
+    out = work / 'out/limited'
+    with open(tmp_path / 'log', 'w') as log:
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'), *args], cwd=work, stdout=log,
+                                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        deadline = time.time() + 300
+        while not (out / 'ckpt_200.pt').exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = (tmp_path / 'log').read_text()
+    end = int(re.search(r'([\d,]+) iterations fit, not 20,000: the cosine is cut to them', first).group(1).replace(',', ''))
+    assert 400 < end < 20000, first[-2000:]
+    it = torch.load(out / 'ckpt.pt', weights_only=True)['iter_num']
+    assert 100 <= it < end  # ckpt.pt: the one before ckpt_200.pt, or that one
+    p = run_script('train.py', *args, '--init_from=resume', cwd=work)
+    lr = {int(i): float(v) for i, v in re.findall(r'iter (\d+): .* lr ([\d.e+-]+)', first + p.stdout)}
     mid = 5 + (end - 5) // 2  # half way down the cosine from 3e-3 (past 5 warm-up steps) to min_lr 3e-4
     assert max(lr) == end and lr[end] < 3.1e-4 and abs(lr[mid] - 1.65e-3) < 2e-5
-    ck = torch.load(work / 'out/limited/ckpt.pt', weights_only=True)
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)  # saved by the resumed run: the cut goes on with it
     assert ck['iter_num'] == ck['end_iter'] == end and ck['time_cut']['max_iters'] == end
-    p = run_script('train.py', *args, f'--time_limit={spent + 20:.0f}', '--out_dir=out/limited', '--init_from=resume',
-                   cwd=work)
-    assert torch.load(work / 'out/limited/ckpt.pt', weights_only=True)['iter_num'] == end and 'iter ' not in p.stdout
     short = [*TINY, '--max_iters=80', '--lr_decay_iters=80', '--eval_interval=40']
     p = run_script('train.py', *short, f'--time_limit={spent + 600:.0f}', '--out_dir=out/fits', cwd=work)
     assert 'all 80 iterations fit' in p.stdout

@@ -141,7 +141,7 @@ meta = dict(format=FORMAT, dataset=info, classes=codec.classes, key=codec.key, t
             caption_length=codec.caption_length, captions=plan,
             tokenizer_sha256=sha256_file(tokenizer), dtype='uint16', seed=seed, augment=augment,
             moves=dict(shift=shift, rotate=rotate, scale=scale, flip=flip), splits=counts, shares=weights, files=files,
-            seconds=dict(tokenizer=tok_ckpt.get('metrics', {}).get('seconds'), prepare=time.time() - t0))  # for train.py's time_limit
+            seconds=dict(tokenizer=tok_ckpt.get('metrics', {}).get('seconds'), prepare=time.time() - t0))  # time_limit's
 write_json(os.path.join(data_dir, 'meta.json'), meta)
 pieces = [t for t in codec.itos[:codec.code_offset] if t not in codec.classes and t not in set(codec.caption_chars)]
 print(f"vocabulary of {codec.vocab_size} tokens: {len(pieces)} of text {pieces}, {len(codec.classes)} class "

@@ -187,18 +187,27 @@ last_accuracy = None  # the val accuracy of the last evaluation
 if init_from == 'resume':
     model.load_state_dict(checkpoint['trained'] if 'trained' in checkpoint else checkpoint['model'])  # 'model': the average
     iter_num, last_accuracy = checkpoint['iter_num'], checkpoint['val_accuracy']
-    # the cycles the run chose, unless another length is asked for now
-    end_iter = checkpoint['end_iter'] if checkpoint['config']['max_iters'] == max_iters else max_iters
-    if checkpoint.get('time_cut') and checkpoint['config']['max_iters'] == max_iters:  # the length its time allowed
-        time_cut = checkpoint['time_cut']
-        max_iters, lr_decay_iters, cycles = time_cut['max_iters'], time_cut['lr_decay_iters'], 1
+    # the cycles the run chose, and the length its time_limit allowed, unless another length is asked for now
+    if checkpoint['config']['max_iters'] == max_iters:
+        end_iter, time_cut = checkpoint['end_iter'], checkpoint.get('time_cut')
+        if time_cut:
+            max_iters, lr_decay_iters, cycles = time_cut['max_iters'], time_cut['lr_decay_iters'], 1
+    if master and time_limit and not time_cut:
+        print("time_limit: not applied: a resumed run keeps the length its start chose")
     run = checkpoint['run']
 elif embed_codes:
     model.code_features.copy_(code_features)
 model.to(device)
 averaging = bool(ema or tail_average)
-# the plain mean: of the weights after each step past tail_start (at least the last step's, however small the fraction)
-tail = max(1, round(tail_average * max_iters)) if tail_average else 0
+
+
+def tail_length():
+    """Steps whose weights the plain mean takes, the run's last: at least the last one, however small the
+    fraction."""
+    return max(1, round(tail_average * max_iters)) if tail_average else 0
+
+
+tail = tail_length()
 averaged = copy.deepcopy(model) if averaging else model  # what is evaluated and saved; float32 as the weights
 if averaging and init_from == 'resume':
     averaged.load_state_dict(checkpoint['model'])
@@ -425,7 +434,7 @@ while True:
                   f"{f', not {end_iter:,}: the cosine is cut to them' if end < end_iter else ''}", flush=True)
         lr_decay_iters = max(warmup_iters + 1, round(lr_decay_iters * end / max_iters))
         max_iters = end_iter = end
-        tail = max(1, round(tail_average * max_iters)) if tail_average else 0
+        tail = tail_length()
         cycles = 1  # another would not fit
         time_cut = dict(max_iters=max_iters, lr_decay_iters=lr_decay_iters)
 

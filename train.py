@@ -16,7 +16,8 @@ ckpt_{iter}.pt (weights, for following accuracy over training with sample.py) an
 needed to resume with --init_from=resume). The weights evaluated and saved are an exponential moving
 average of the trained ones (ema), and over the last tail_average of training their plain mean.
 With time_limit the run ends where that many seconds from the tokenizer's start run out: at the
-warm-up's end the cosine is cut once to the iterations that fit, so a slower machine trains less.
+warm-up's end the cosine is cut to the iterations that fit, so a slower machine trains less, and cut
+again each tenth of the way by the pace since, shorter or longer, as a shared machine's speed drifts.
 """
 import copy
 import inspect
@@ -69,7 +70,8 @@ cycles = 4                     # at most this many cycles: another follows (a wa
                                # data that is still being learnt gets more iterations; 1 = exactly max_iters
 time_limit = 0.0               # seconds from the tokenizer's start to training's end (vqvae.py's and prepare.py's, from
                                # data_dir/meta.json, count): a slower machine trains fewer iterations, the cosine cut to
-                               # those that fit, by the warm-up's median step and an evaluation; no further cycle.
+                               # those that fit, by the warm-up's median step and an evaluation, and again each tenth
+                               # of the way by the pace since; no further cycle.
                                # 0 = no limit: the same iterations on every machine
 weight_decay = 0.1
 beta1 = 0.9
@@ -201,13 +203,13 @@ model.to(device)
 averaging = bool(ema or tail_average)
 
 
-def tail_length():
-    """Steps whose weights the plain mean takes, the run's last: at least the last one, however small the
-    fraction."""
-    return max(1, round(tail_average * max_iters)) if tail_average else 0
+def tail_length(iters):
+    """Steps whose weights the plain mean takes, the last of a run of `iters`: at least the last one,
+    however small the fraction."""
+    return max(1, round(tail_average * iters)) if tail_average else 0
 
 
-tail = tail_length()
+tail = tail_length(max_iters)
 averaged = copy.deepcopy(model) if averaging else model  # what is evaluated and saved; float32 as the weights
 if averaging and init_from == 'resume':
     averaged.load_state_dict(checkpoint['model'])
@@ -318,32 +320,53 @@ def get_lr(it):
         return learning_rate * (it + 1) / (warmup + 1)
     if it >= lr_decay_iters:  # also where the warm-up is as long as the decay
         return min_lr
-    ratio = (it - warmup) / (lr_decay_iters - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio(it, warmup))) * (learning_rate - min_lr)
 
 
-def fit_time_limit(step_s):
-    """The last iteration that ends training within time_limit of the tokenizer's start, at step_s
-    seconds a step and an evaluation's time, measured now, at every eval_interval and at the end.
-    Rank 0 measures and every process gets its answer. -> (that iteration, a line saying why)"""
-    end, eval_s, left = end_iter, 0.0, 0.0
+def decay_ratio(it, warmup):
+    """How far down the cosine iteration `it` is: 0 at the warm-up's end, 1 at lr_decay_iters. Past a
+    time_limit cut made after the warm-up, the rest of the way is spread over the iterations left from
+    where the cut found it, so the learning rate never jumps."""
+    if time_cut and 'from' in time_cut and it >= time_cut['from'][0]:
+        at, ratio = time_cut['from']
+        return ratio + (1 - ratio) * (it - at) / (lr_decay_iters - at)
+    return (it - warmup) / (lr_decay_iters - warmup)
+
+
+def fit_time_limit(step_s, eval_s=None):
+    """The last iteration, up to the config's max_iters, that ends training within time_limit of the
+    tokenizer's start, at step_s seconds a step and eval_s an evaluation (at every eval_interval and at
+    the end; None: timed now). Rank 0 measures and every process gets its answer. -> (that iteration,
+    the evaluation's seconds, a line saying why)"""
+    end, left = config['max_iters'], 0.0
     if master:
-        t = time.time()
-        evaluate()
-        eval_s = time.time() - t
+        if eval_s is None:
+            t = time.time()
+            evaluate()
+            eval_s = time.time() - t
         left = time_limit - spent - (time.time() - started)
         while end > iter_num and ((end - iter_num) * step_s + eval_s * (end // eval_interval - iter_num // eval_interval
                                                                          + (end % eval_interval > 0))) > left:
             end -= 1
     if ddp:
-        decision = torch.tensor([end, eval_s, left], dtype=torch.float64, device=device)
+        decision = torch.tensor([end, eval_s or 0.0, left], dtype=torch.float64, device=device)
         torch.distributed.broadcast(decision, 0)
         end, eval_s, left = int(decision[0].item()), decision[1].item(), decision[2].item()
     why = (f"time_limit={time_limit:.0f}s: the tokenizer and prepare.py took {spent:.0f}s, train.py "
            f"{time_limit - spent - left:.0f}s so far; a step {step_s * 1000:.0f}ms, an evaluation {eval_s:.1f}s")
-    if end <= iter_num or end < 2 * warmup_iters:  # no time left, or too little for the cosine past its warm-up
-        raise Error(f"{why}: no time for more than {end} iterations: raise time_limit or set it to 0")
-    return end, why
+    return end, eval_s, why
+
+
+def cut_to(end):
+    """End training at `end`: the cosine decays over the same share of it as the config's did, from where
+    it is now (decay_ratio), the plain mean over the same share of its end; no further cycle."""
+    global max_iters, end_iter, lr_decay_iters, tail, cycles, time_cut
+    decay = max(warmup_iters + 1, round(config['lr_decay_iters'] * end / config['max_iters']))
+    start = (time_cut or {}).get('from')
+    if decay != lr_decay_iters and iter_num > warmup_iters:  # the cosine begun: go on from where it is
+        start = [iter_num, min(1.0, decay_ratio(iter_num, warmup_iters))]
+    lr_decay_iters, max_iters, end_iter, tail, cycles = decay, end, end, tail_length(end), 1
+    time_cut = dict(max_iters=end, lr_decay_iters=decay, **({'from': start} if start else {}))
 
 
 def still_rising(before, now, n):
@@ -355,11 +378,16 @@ X, Y, M = get_batch('train', iter_num)
 t0 = time.time()
 t_start, iter_start = t0, iter_num
 # time_limit: the steps timed, past the first few, to the warm-up's end where the cosine starts; the median
-# step, as a machine's speed may dip for a while
+# step, as a machine's speed may dip for a while. Then, each tenth of the way, the mean step since that cut
+# (evaluations apart) cuts it again, shorter or longer, until the plain mean's steps begin: a machine drifts
 timed, step_ends = (iter_start + 10, iter_start + max(60, warmup_iters)), []
+recheck = None  # (the next iteration to cut again at, every how many; since the first cut: its iteration, time, and
+                # the evaluations' seconds then)
+eval_spent = 0.0
 while True:
     at_end = iter_num == end_iter
     if master and iter_num > iter_start and (iter_num % eval_interval == 0 or at_end):
+        t_eval = time.time()
         ev = evaluate()
         if not all(math.isfinite(v) for v in ev.values()):
             raise Error(f"loss is not finite at iteration {iter_num} ({ev}); the last good checkpoint is kept in "
@@ -380,6 +408,7 @@ while True:
         save_checkpoint(dict(model=averaged.state_dict(), **trained, optimizer=[opt.state_dict() for opt in optimizers],
                              rng_state=torch.get_rng_state(), **info),
                         os.path.join(out_dir, 'ckpt.pt'))
+        eval_spent += time.time() - t_eval
     if ddp and at_end:  # every process follows rank 0's decision
         decision = torch.tensor([end_iter], device=device)
         torch.distributed.broadcast(decision, 0)
@@ -428,15 +457,28 @@ while True:
             torch.cuda.synchronize()
         step_ends.append(time.time())
     if time_limit and init_from == 'scratch' and iter_num == timed[1] < end_iter:
-        end, why = fit_time_limit(statistics.median(b - a for a, b in zip(step_ends, step_ends[1:])))
+        end, eval_s, why = fit_time_limit(statistics.median(b - a for a, b in zip(step_ends, step_ends[1:])))
+        if end <= iter_num or end < 2 * warmup_iters:  # no time left, or too little for the cosine past its warm-up
+            raise Error(f"{why}: no time for more than {end} iterations: raise time_limit or set it to 0")
         if master:
             print(f"{why}: {'all ' if end == end_iter else ''}{end:,} iterations fit"
                   f"{f', not {end_iter:,}: the cosine is cut to them' if end < end_iter else ''}", flush=True)
-        lr_decay_iters = max(warmup_iters + 1, round(lr_decay_iters * end / max_iters))
-        max_iters = end_iter = end
-        tail = tail_length()
-        cycles = 1  # another would not fit
-        time_cut = dict(max_iters=max_iters, lr_decay_iters=lr_decay_iters)
+        cut_to(end)  # also where all fit: no further cycle, and a resumed run keeps the length
+        every = max(1, (end - iter_num) // 10)
+        recheck = (iter_num + every, every, iter_num, time.time(), eval_spent)
+    elif recheck and iter_num == recheck[0]:
+        if iter_num + recheck[1] <= end_iter - tail:  # the plain mean's steps not begun by the next check
+            step_s = (time.time() - recheck[3] - (eval_spent - recheck[4])) / (iter_num - recheck[2])
+            end, eval_s, why = fit_time_limit(step_s, eval_s)
+            # the plain mean's steps still to come, however little time is left
+            end = max(end, next(e for e in range(iter_num + 1, 2 * end_iter + 2) if e - tail_length(e) > iter_num))
+            if end != end_iter:
+                if master:
+                    print(f"{why}: {end:,} iterations fit, not {end_iter:,}: the cosine is cut again", flush=True)
+                cut_to(end)
+            recheck = (iter_num + recheck[1], *recheck[1:])
+        else:
+            recheck = None
 
 if ddp:  # leave together: a process that tears down gloo while rank 0 still saves can abort
     barrier()

@@ -327,6 +327,8 @@ def decay_ratio(it, warmup):
     """How far down the cosine iteration `it` is: 0 at the warm-up's end, 1 at lr_decay_iters. Past a
     time_limit cut made after the warm-up, the rest of the way is spread over the iterations left from
     where the cut found it, so the learning rate never jumps."""
+    if it >= lr_decay_iters:
+        return 1.0
     if time_cut and 'from' in time_cut and it >= time_cut['from'][0]:
         at, ratio = time_cut['from']
         return ratio + (1 - ratio) * (it - at) / (lr_decay_iters - at)
@@ -364,7 +366,7 @@ def cut_to(end):
     decay = max(warmup_iters + 1, round(config['lr_decay_iters'] * end / config['max_iters']))
     start = (time_cut or {}).get('from')
     if decay != lr_decay_iters and iter_num > warmup_iters:  # the cosine begun: go on from where it is
-        start = [iter_num, min(1.0, decay_ratio(iter_num, warmup_iters))]
+        start = [iter_num, decay_ratio(iter_num, warmup_iters)]
     lr_decay_iters, max_iters, end_iter, tail, cycles = decay, end, end, tail_length(end), 1
     time_cut = dict(max_iters=end, lr_decay_iters=decay, **({'from': start} if start else {}))
 

@@ -383,8 +383,8 @@ t_start, iter_start = t0, iter_num
 # step, as a machine's speed may dip for a while. Then, each tenth of the way, the mean step since that cut
 # (evaluations apart) cuts it again, shorter or longer, until the plain mean's steps begin: a machine drifts
 timed, step_ends = (iter_start + 10, iter_start + max(60, warmup_iters)), []
-recheck = None  # (the next iteration to cut again at, every how many; since the first cut: its iteration, time, and
-                # the evaluations' seconds then)
+recheck = None  # after the first cut: when to cut again, every how many, and the iteration, clock and evaluations'
+                # seconds at that first cut
 eval_spent = 0.0
 while True:
     at_end = iter_num == end_iter
@@ -467,10 +467,10 @@ while True:
                   f"{f', not {end_iter:,}: the cosine is cut to them' if end < end_iter else ''}", flush=True)
         cut_to(end)  # also where all fit: no further cycle, and a resumed run keeps the length
         every = max(1, (end - iter_num) // 10)
-        recheck = (iter_num + every, every, iter_num, time.time(), eval_spent)
-    elif recheck and iter_num == recheck[0]:
-        if iter_num + recheck[1] <= end_iter - tail:  # the plain mean's steps not begun by the next check
-            step_s = (time.time() - recheck[3] - (eval_spent - recheck[4])) / (iter_num - recheck[2])
+        recheck = dict(at=iter_num + every, every=every, iter=iter_num, time=time.time(), evals=eval_spent)
+    elif recheck and iter_num == recheck['at']:
+        if iter_num + recheck['every'] <= end_iter - tail:  # the plain mean's steps not begun by the next check
+            step_s = (time.time() - recheck['time'] - (eval_spent - recheck['evals'])) / (iter_num - recheck['iter'])
             end, eval_s, why = fit_time_limit(step_s, eval_s)
             # the plain mean's steps still to come, however little time is left
             end = max(end, next(e for e in range(iter_num + 1, 2 * end_iter + 2) if e - tail_length(e) > iter_num))
@@ -478,7 +478,7 @@ while True:
                 if master:
                     print(f"{why}: {end:,} iterations fit, not {end_iter:,}: the cosine is cut again", flush=True)
                 cut_to(end)
-            recheck = (iter_num + recheck[1], *recheck[1:])
+            recheck['at'] += recheck['every']
         else:
             recheck = None
 
